@@ -1,0 +1,1 @@
+"""The GraphQL face: types.py (input, results, errors, the union), context.py, schema.py."""

@@ -1,0 +1,137 @@
+"""The `gateway` command: serve, seed, export-schema."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+from gateway import __version__
+from gateway.engine.registry import DEMO_REGISTRY, Registry, RegistryError, load_registry
+from gateway.engine.store import Store
+from gateway.settings import Settings, SettingsError
+
+SCHEMA_FILE = Path("schema.graphql")
+
+SAMPLE_MUTATION = """mutation {
+  regenerateAccessCode(input: {
+    studyId: "DE305D5475B4431BADB2EB6B9E546014", mode: ACTIVE,
+    subjectId: "A1B2C3D4E5F60718293A4B5C6D7E8F90", inventoryId: "DEMO-READY-01", mSubjectId: "MSUBJECT-001"
+  }) {
+    __typename
+    ... on BootstrapCredentials { accessId otp id expiresAt }
+    ... on Error { code message }
+  }
+}"""
+
+
+def exported_schema() -> str:
+    from gateway.api.schema import schema
+
+    return schema.as_str() + "\n"
+
+
+async def _seed(settings: Settings, registry: Registry, *, only_if_empty: bool) -> bool:
+    store = await Store.open(settings.store_url, schema=settings.database_schema)
+    try:
+        if only_if_empty and not await store.is_empty():
+            return False
+        await store.seed(registry)
+        return True
+    finally:
+        await store.close()
+
+
+def _configure_logging(settings: Settings) -> None:
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+
+def serve(settings: Settings, workers: int) -> int:
+    import uvicorn
+
+    _configure_logging(settings)
+    if settings.backend == "local":
+        # Create the tables and load the demo data here, once, before any worker starts.
+        loaded = settings.demo_data and asyncio.run(
+            _seed(settings, load_registry(DEMO_REGISTRY), only_if_empty=True)
+        )
+        where = settings.database_url or settings.store_url
+        print(f"Local credential engine, store: {where}" + (" (demo data loaded)" if loaded else ""))
+    base = f"http://{settings.host}:{settings.port}"
+    print(f"GraphiQL: {base}/graphql    REST: {base}/ec-ors-svc/rest/v1.0/…    health: {base}/healthz")
+    if settings.backend == "local" and settings.demo_data:
+        print("Paste this into GraphiQL (the demo data set answers it):\n")
+        print(SAMPLE_MUTATION + "\n", flush=True)
+    uvicorn.run(
+        "gateway.app:app_from_env",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=workers,
+        log_level=settings.log_level,
+    )
+    return 0
+
+
+def seed(settings: Settings, path: Path) -> int:
+    registry = load_registry(path)
+    asyncio.run(_seed(settings, registry, only_if_empty=False))
+    print(
+        f"Seeded {len(registry.studies)} studies, {len(registry.subjects)} subjects and "
+        f"{len(registry.devices)} devices into {settings.database_url or settings.store_url}"
+    )
+    return 0
+
+
+def export_schema(path: Path, check: bool) -> int:
+    exported = exported_schema()
+    if check:
+        current = path.read_text(encoding="utf-8") if path.is_file() else ""
+        if current != exported:
+            print(f"{path} differs from the schema the code exports: run 'gateway export-schema'", file=sys.stderr)
+            return 1
+        print(f"{path} is up to date")
+        return 0
+    path.write_text(exported, encoding="utf-8")
+    print(f"wrote {path}")
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gateway", description="GraphQL gateway for Clinical One device credentials.")
+    parser.add_argument("--version", action="version", version=f"gateway {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve_cmd = commands.add_parser("serve", help="run the gateway (GraphQL at /graphql, REST face, /healthz)")
+    serve_cmd.add_argument("--host", help="interface to listen on (default: GATEWAY_HOST or 127.0.0.1)")
+    serve_cmd.add_argument("--port", type=int, help="port to listen on (default: GATEWAY_PORT or 8000)")
+    serve_cmd.add_argument("--workers", type=int, default=1, help="worker processes (default: 1)")
+    seed_cmd = commands.add_parser("seed", help="load (upsert) a registry file into the local store")
+    seed_cmd.add_argument("file", type=Path, help="registry file (JSON)")
+    export_cmd = commands.add_parser("export-schema", help="write the GraphQL schema (SDL)")
+    export_cmd.add_argument("--check", action="store_true", help="exit 1 when the file differs from the code")
+    export_cmd.add_argument("--path", type=Path, default=SCHEMA_FILE, help="file to write (default: schema.graphql)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "export-schema":
+            return export_schema(args.path, args.check)
+        settings = Settings.from_env()
+        if args.command == "seed":
+            return seed(settings, args.file)
+        overrides = {"host": args.host, "port": args.port}
+        settings = replace(settings, **{k: v for k, v in overrides.items() if v is not None})
+        if args.workers < 1:
+            raise SettingsError("--workers must be at least 1")
+        return serve(settings, args.workers)
+    except (SettingsError, RegistryError) as error:
+        print(f"gateway {args.command}: {error}", file=sys.stderr)
+        return 2

@@ -1,0 +1,230 @@
+"""The gateway's vocabulary: value types, the one table of causes, `Refusal` and the `Backend` seam.
+
+Every face reads from here. The GraphQL union members, the REST face's error bodies and the
+upstream client's recognition of error responses all come from `CAUSES`; nothing else spells
+out a cause's status, prose or code.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol
+
+
+class StudyMode(enum.Enum):
+    """A study's mode; the value is the upstream's path segment."""
+
+    ACTIVE = "active"
+    TEST = "test"
+    TRAINING = "training"
+
+
+class ErrorCode(enum.Enum):
+    """One value per error type of the `RegenerateAccessCodeResult` union."""
+
+    INVALID_SUBJECT = "INVALID_SUBJECT"
+    DEVICE_NOT_DISPENSED = "DEVICE_NOT_DISPENSED"
+    DEVICE_DISPENSED_TO_ANOTHER_SUBJECT = "DEVICE_DISPENSED_TO_ANOTHER_SUBJECT"
+    INVALID_DEVICE = "INVALID_DEVICE"
+    DEVICE_NOT_REGISTERED = "DEVICE_NOT_REGISTERED"
+    MISSING_CONNECTION_TYPE = "MISSING_CONNECTION_TYPE"
+    MISSING_VENDOR_CODE = "MISSING_VENDOR_CODE"
+    NO_CONNECTION_DEVICE = "NO_CONNECTION_DEVICE"
+    STUDY_NOT_FOUND = "STUDY_NOT_FOUND"
+    MHEALTH_SETTINGS_NOT_FOUND = "MHEALTH_SETTINGS_NOT_FOUND"
+    INTERNAL_SERVER_ERROR = "INTERNAL_SERVER_ERROR"
+    INVALID_INPUT = "INVALID_INPUT"
+    PERMISSION_DENIED = "PERMISSION_DENIED"
+    RATE_LIMITED = "RATE_LIMITED"
+    UPSTREAM_UNAVAILABLE = "UPSTREAM_UNAVAILABLE"
+    UNRECOGNIZED_UPSTREAM_ERROR = "UNRECOGNIZED_UPSTREAM_ERROR"
+
+
+@dataclass(frozen=True)
+class Cause:
+    """Why a regeneration was refused, as every face describes it."""
+
+    code: ErrorCode
+    http_status: int
+    message: str
+    """The documented prose: the upstream's errorMessage and the GraphQL `message`."""
+    rest_code: str
+    """The `errorData.errorCode` the REST face answers with (published in the README)."""
+    documented: bool
+    """True for the upstream's own causes; False for the ones the gateway adds."""
+
+
+def _causes(*causes: Cause) -> Mapping[ErrorCode, Cause]:
+    return {cause.code: cause for cause in causes}
+
+
+# The one table. Order: the upstream's documented 400s, its 404, its 500s, then the gateway's own.
+CAUSES: Mapping[ErrorCode, Cause] = _causes(
+    Cause(ErrorCode.INVALID_SUBJECT, 400, "Invalid subject ID", "C1-DEV-4001", True),
+    Cause(ErrorCode.DEVICE_NOT_DISPENSED, 400, "Device is not dispensed to the subject", "C1-DEV-4002", True),
+    Cause(
+        ErrorCode.DEVICE_DISPENSED_TO_ANOTHER_SUBJECT,
+        400,
+        "Device is dispensed to a different subject",
+        "C1-DEV-4003",
+        True,
+    ),
+    Cause(ErrorCode.INVALID_DEVICE, 400, "Invalid device ID", "C1-DEV-4004", True),
+    Cause(ErrorCode.DEVICE_NOT_REGISTERED, 400, "mHealth device is not registered", "C1-DEV-4005", True),
+    Cause(ErrorCode.MISSING_CONNECTION_TYPE, 400, "Device does not have any connection type", "C1-DEV-4006", True),
+    Cause(
+        ErrorCode.MISSING_VENDOR_CODE,
+        400,
+        "Vendor code is missing for cloud-to-cloud connection type devices",
+        "C1-DEV-4007",
+        True,
+    ),
+    Cause(ErrorCode.NO_CONNECTION_DEVICE, 400, "Device has a no-connection connection type", "C1-DEV-4008", True),
+    Cause(ErrorCode.STUDY_NOT_FOUND, 404, "Invalid study ID or version", "C1-DEV-4041", True),
+    Cause(ErrorCode.MHEALTH_SETTINGS_NOT_FOUND, 500, "mHealth settings are not found", "C1-DEV-5001", True),
+    Cause(ErrorCode.INTERNAL_SERVER_ERROR, 500, "Internal server error", "C1-DEV-5000", True),
+    Cause(ErrorCode.INVALID_INPUT, 400, "Invalid input", "C1-GW-4000", False),
+    Cause(ErrorCode.PERMISSION_DENIED, 403, "Permission denied", "C1-GW-4030", False),
+    Cause(ErrorCode.RATE_LIMITED, 429, "Too many requests", "C1-GW-4290", False),
+    Cause(ErrorCode.UPSTREAM_UNAVAILABLE, 503, "Upstream service unavailable", "C1-GW-5030", False),
+    Cause(ErrorCode.UNRECOGNIZED_UPSTREAM_ERROR, 502, "Unrecognized upstream error", "C1-GW-5020", False),
+)
+
+
+class Refusal(Exception):
+    """A backend's expected "no": carries the cause and the few facts some causes add.
+
+    `message` defaults to the cause's documented prose; it never holds a secret or echoes input.
+    """
+
+    def __init__(
+        self,
+        code: ErrorCode,
+        message: str | None = None,
+        *,
+        field: str | None = None,
+        retry_after_seconds: int | None = None,
+        upstream_status: int | None = None,
+        upstream_code: str | None = None,
+    ) -> None:
+        self.cause = CAUSES[code]
+        self.message = message or self.cause.message
+        self.field = field
+        self.retry_after_seconds = retry_after_seconds
+        self.upstream_status = upstream_status
+        self.upstream_code = upstream_code
+        super().__init__(f"{code.value}: {self.message}")
+
+    @property
+    def code(self) -> ErrorCode:
+        return self.cause.code
+
+
+class InvalidInput(Refusal):
+    """Malformed input, refused before any backend sees it; names the offending field."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(ErrorCode.INVALID_INPUT, f"{field}: {message}", field=field)
+
+
+# ---------------------------------------------------------------------------------------------
+# Input parsing: every id is checked and normalised here, once, for every face.
+
+_GUID = re.compile(r"[0-9A-Fa-f]{32}|[0-9A-Fa-f]{8}(?:-[0-9A-Fa-f]{4}){3}-[0-9A-Fa-f]{12}")
+# Free-form ids (inventory, mHealth subject): letters, digits and . _ - only, so that no value can
+# reach outside its path segment or query parameter; a leading dot and ".." are refused too.
+_TOKEN = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
+MAX_ID_LENGTH = 64
+
+
+def parse_guid(value: str, field: str) -> str:
+    """A 32-character hexadecimal GUID in canonical form: upper case, no dashes."""
+    if len(value) > 36 or not _GUID.fullmatch(value):
+        raise InvalidInput(field, "must be a 32-character hexadecimal GUID (dashes allowed)")
+    return value.replace("-", "").upper()
+
+
+def parse_token(value: str, field: str) -> str:
+    """A free-form id: 1 to 64 of A-Z a-z 0-9 . _ -, no leading dot and no '..'.
+
+    Values shaped like a GUID are normalised like one, so that case and dashes never split a device.
+    """
+    if not value:
+        raise InvalidInput(field, "must not be empty")
+    if len(value) > MAX_ID_LENGTH:
+        raise InvalidInput(field, f"must be at most {MAX_ID_LENGTH} characters")
+    if not _TOKEN.fullmatch(value) or ".." in value:
+        raise InvalidInput(field, "may hold only letters, digits, '.', '_' and '-', with no leading dot or '..'")
+    if _GUID.fullmatch(value):
+        return value.replace("-", "").upper()
+    return value
+
+
+def parse_mode(value: str, field: str = "mode") -> StudyMode:
+    """The path segment `active`, `test` or `training` (any case)."""
+    try:
+        return StudyMode(value.lower())
+    except ValueError:
+        raise InvalidInput(field, "must be one of active, test, training") from None
+
+
+@dataclass(frozen=True)
+class DeviceRef:
+    """Which device of which subject, in which study and mode: validated and normalised."""
+
+    study_id: str
+    mode: StudyMode
+    subject_id: str
+    inventory_id: str
+    m_subject_id: str
+
+    @classmethod
+    def parse(
+        cls, *, study_id: str, mode: StudyMode, subject_id: str, inventory_id: str, m_subject_id: str
+    ) -> DeviceRef:
+        """Check every field (raising `InvalidInput` naming the first bad one) and normalise GUIDs.
+
+        Field names are the public ones (`studyId`, …) so that the error names what the caller sent.
+        """
+        return cls(
+            study_id=parse_guid(study_id, "studyId"),
+            mode=mode,
+            subject_id=parse_guid(subject_id, "subjectId"),
+            inventory_id=parse_token(inventory_id, "inventoryId"),
+            m_subject_id=parse_token(m_subject_id, "mSubjectId"),
+        )
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """A bootstrap device's new access ID and one-time password. The OTP is kept out of `repr`."""
+
+    access_id: str
+    otp: str = field(repr=False)
+    device_id: str
+    """The device instance id."""
+    expires_at: datetime | None
+    """When the OTP stops working; None when the upstream does not say."""
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is asking, as far as the faces know: passed through to the backend."""
+
+    request_id: str
+    authorization: str | None = field(default=None, repr=False)
+
+
+class Backend(Protocol):
+    """The one seam: the local credential engine and the upstream client both implement it."""
+
+    name: str
+    """`local` or `upstream`."""
+
+    async def regenerate(self, ref: DeviceRef, caller: Caller) -> Credentials:
+        """New credentials for the device, or raise `Refusal`."""
+        ...

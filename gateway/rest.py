@@ -1,0 +1,76 @@
+"""The REST face: the upstream's own access-code PUT, served from whichever backend runs.
+
+It answers as the Clinical One reference describes: the bare `BootStrapCredResponseDto` on 200;
+an `ORSResponse` whose `errorData` carries the cause's REST errorCode and documented prose
+otherwise. Codes, statuses and prose come from `gateway.domain.CAUSES`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from gateway.domain import Backend, Caller, DeviceRef, InvalidInput, Refusal, parse_mode
+
+ACCESS_CODE_PATH = (
+    "/ec-ors-svc/rest/v1.0/studies/{studyId}/{mode}/subjects/{subjectId}/devices/{inventoryId}/access-code"
+)
+NO_STORE = {"Cache-Control": "no-store"}
+
+
+def error_body(refusal: Refusal) -> dict[str, Any]:
+    """The `ORSResponse` for a refusal."""
+    details: dict[str, Any] | None = None
+    if refusal.field is not None:
+        details = {"field": refusal.field, "reason": refusal.message}
+    elif refusal.retry_after_seconds is not None:
+        details = {"retryAfterSeconds": refusal.retry_after_seconds}
+    return {
+        "status": "failure",
+        "result": None,
+        "version": 1,
+        "errorData": {
+            "errorCode": refusal.cause.rest_code,
+            "errorMessage": refusal.cause.message if refusal.field is None else refusal.message,
+            "details": details,
+        },
+    }
+
+
+def error_response(refusal: Refusal) -> JSONResponse:
+    headers = dict(NO_STORE)
+    if refusal.retry_after_seconds is not None:
+        headers["Retry-After"] = str(refusal.retry_after_seconds)
+    return JSONResponse(error_body(refusal), status_code=refusal.cause.http_status, headers=headers)
+
+
+def _ref(request: Request) -> DeviceRef:
+    params = request.path_params
+    m_subject_ids = request.query_params.getlist("mSubjectId")
+    if len(m_subject_ids) != 1:
+        raise InvalidInput("mSubjectId", "exactly one mSubjectId query parameter is required")
+    return DeviceRef.parse(
+        study_id=params["studyId"],
+        mode=parse_mode(params["mode"]),
+        subject_id=params["subjectId"],
+        inventory_id=params["inventoryId"],
+        m_subject_id=m_subject_ids[0],
+    )
+
+
+async def regenerate_access_code(request: Request) -> JSONResponse:
+    backend: Backend = request.app.state.backend
+    caller = Caller(request_id=request.state.request_id, authorization=request.headers.get("authorization"))
+    try:
+        credentials = await backend.regenerate(_ref(request), caller)
+    except Refusal as refusal:
+        return error_response(refusal)
+    return JSONResponse(
+        {"accessId": credentials.access_id, "id": credentials.device_id, "otp": credentials.otp}, headers=NO_STORE
+    )
+
+
+routes = [Route(ACCESS_CODE_PATH, regenerate_access_code, methods=["PUT"])]
