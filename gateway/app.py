@@ -67,9 +67,7 @@ class GraphQLView(GraphQL[Context, None]):
     async def get_context(self, request: Request | WebSocket, response: Response | WebSocket) -> Context:
         return Context(
             backend=request.app.state.backend,
-            caller=Caller(
-                request_id=request.state.request_id, authorization=request.headers.get("authorization")
-            ),
+            caller=Caller(request_id=request.state.request_id, authorization=request.headers.get("authorization")),
             settings=request.app.state.settings,
         )
 
@@ -85,9 +83,7 @@ async def open_backend(settings: Settings) -> tuple[Backend, Store | None]:
     if settings.backend != "local":
         raise SettingsError("GATEWAY_BACKEND=upstream is not available in this version")
     store = await Store.open(settings.store_url, schema=settings.database_schema)
-    engine = CredentialEngine(
-        store, otp_ttl=timedelta(seconds=settings.otp_ttl_seconds), kdf_cost=settings.kdf_cost
-    )
+    engine = CredentialEngine(store, otp_ttl=timedelta(seconds=settings.otp_ttl_seconds), kdf_cost=settings.kdf_cost)
     return engine, store
 
 

@@ -47,9 +47,7 @@ async def _seed(settings: Settings, registry: Registry, *, only_if_empty: bool) 
 
 
 def _configure_logging(settings: Settings) -> None:
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
 def serve(settings: Settings, workers: int) -> int:
@@ -58,9 +56,7 @@ def serve(settings: Settings, workers: int) -> int:
     _configure_logging(settings)
     if settings.backend == "local":
         # Create the tables and load the demo data here, once, before any worker starts.
-        loaded = settings.demo_data and asyncio.run(
-            _seed(settings, load_registry(DEMO_REGISTRY), only_if_empty=True)
-        )
+        loaded = settings.demo_data and asyncio.run(_seed(settings, load_registry(DEMO_REGISTRY), only_if_empty=True))
         where = settings.database_url or settings.store_url
         print(f"Local credential engine, store: {where}" + (" (demo data loaded)" if loaded else ""))
     base = f"http://{settings.host}:{settings.port}"

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
 
+
 class SettingsError(ValueError):
     """A setting has a value the gateway cannot use; the message names the variable."""
 

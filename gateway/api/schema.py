@@ -49,9 +49,7 @@ class Mutation:
             "The device's previous pair stops working at once. Not idempotent: each call issues new credentials."
         )
     )
-    async def regenerate_access_code(
-        self, info: Info, input: RegenerateAccessCodeInput
-    ) -> RegenerateAccessCodeResult:
+    async def regenerate_access_code(self, info: Info, input: RegenerateAccessCodeInput) -> RegenerateAccessCodeResult:
         try:
             ref = input.to_ref()
             credentials = await info.context.backend.regenerate(ref, info.context.caller)
@@ -84,7 +82,7 @@ schema = GatewaySchema(
     query=Query,
     mutation=Mutation,
     extensions=[
-        MaskErrors(
+        lambda: MaskErrors(
             should_mask_error=_is_unexpected,
             error_message="Unexpected error. Quote the X-Request-ID response header when reporting it.",
         )

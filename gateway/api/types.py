@@ -16,13 +16,13 @@ import strawberry
 from gateway import domain
 from gateway.domain import CAUSES, Credentials, Refusal
 
-StudyMode = strawberry.enum(
+# The domain's enums are the GraphQL enums: registered here, annotated by their domain names.
+strawberry.enum(
     domain.StudyMode,
     name="StudyMode",
     description="The mode of a study: ACTIVE is production; TEST and TRAINING hold mock data.",
 )
-
-ErrorCode = strawberry.enum(
+strawberry.enum(
     domain.ErrorCode,
     name="ErrorCode",
     description="Machine-readable code of an error result; one value per error type.",
@@ -34,7 +34,7 @@ class RegenerateAccessCodeInput:
     study_id: str = strawberry.field(
         description="The study: a 32-character hexadecimal GUID (any case; dashes allowed)."
     )
-    mode: StudyMode = strawberry.field(description="The study mode the subject and device belong to.")
+    mode: domain.StudyMode = strawberry.field(description="The study mode the subject and device belong to.")
     subject_id: str = strawberry.field(
         description="The subject (patient): a 32-character hexadecimal GUID (any case; dashes allowed)."
     )
@@ -79,7 +79,7 @@ class BootstrapCredentials:
 
 @strawberry.interface(description="What every error result has: a code to branch on and a message to show.")
 class Error:
-    code: ErrorCode = strawberry.field(description="The error's code; one value per error type.")
+    code: domain.ErrorCode = strawberry.field(description="The error's code; one value per error type.")
     message: str = strawberry.field(description="Human-readable text: the documented prose of the cause.")
 
     cause: ClassVar[domain.ErrorCode]
@@ -96,57 +96,89 @@ def _describe(code: domain.ErrorCode, meaning: str) -> str:
     return f"Added by the gateway: {meaning}"
 
 
-@strawberry.type(description=_describe(domain.ErrorCode.INVALID_SUBJECT, "the subject is unknown in the study and mode, or mSubjectId is not that subject's."))
+@strawberry.type(
+    description=_describe(
+        domain.ErrorCode.INVALID_SUBJECT,
+        "the subject is unknown in the study and mode, or mSubjectId is not that subject's.",
+    )
+)
 class InvalidSubjectError(Error):
     cause = domain.ErrorCode.INVALID_SUBJECT
 
 
-@strawberry.type(description=_describe(domain.ErrorCode.DEVICE_NOT_DISPENSED, "the device is not dispensed to any subject."))
+@strawberry.type(
+    description=_describe(domain.ErrorCode.DEVICE_NOT_DISPENSED, "the device is not dispensed to any subject.")
+)
 class DeviceNotDispensedError(Error):
     cause = domain.ErrorCode.DEVICE_NOT_DISPENSED
 
 
-@strawberry.type(description=_describe(domain.ErrorCode.DEVICE_DISPENSED_TO_ANOTHER_SUBJECT, "the device belongs to another subject."))
+@strawberry.type(
+    description=_describe(
+        domain.ErrorCode.DEVICE_DISPENSED_TO_ANOTHER_SUBJECT, "the device belongs to another subject."
+    )
+)
 class DeviceDispensedToAnotherSubjectError(Error):
     cause = domain.ErrorCode.DEVICE_DISPENSED_TO_ANOTHER_SUBJECT
 
 
-@strawberry.type(description=_describe(domain.ErrorCode.INVALID_DEVICE, "no device with this inventory id in the study and mode."))
+@strawberry.type(
+    description=_describe(domain.ErrorCode.INVALID_DEVICE, "no device with this inventory id in the study and mode.")
+)
 class InvalidDeviceError(Error):
     cause = domain.ErrorCode.INVALID_DEVICE
 
 
-@strawberry.type(description=_describe(domain.ErrorCode.DEVICE_NOT_REGISTERED, "the device is not registered with mHealth."))
+@strawberry.type(
+    description=_describe(domain.ErrorCode.DEVICE_NOT_REGISTERED, "the device is not registered with mHealth.")
+)
 class DeviceNotRegisteredError(Error):
     cause = domain.ErrorCode.DEVICE_NOT_REGISTERED
 
 
-@strawberry.type(description=_describe(domain.ErrorCode.MISSING_CONNECTION_TYPE, "the device's kit defines no connection type."))
+@strawberry.type(
+    description=_describe(domain.ErrorCode.MISSING_CONNECTION_TYPE, "the device's kit defines no connection type.")
+)
 class MissingConnectionTypeError(Error):
     cause = domain.ErrorCode.MISSING_CONNECTION_TYPE
 
 
-@strawberry.type(description=_describe(domain.ErrorCode.MISSING_VENDOR_CODE, "a cloud-to-cloud device has no vendor code."))
+@strawberry.type(
+    description=_describe(domain.ErrorCode.MISSING_VENDOR_CODE, "a cloud-to-cloud device has no vendor code.")
+)
 class MissingVendorCodeError(Error):
     cause = domain.ErrorCode.MISSING_VENDOR_CODE
 
 
-@strawberry.type(description=_describe(domain.ErrorCode.NO_CONNECTION_DEVICE, "the device never connects, so it has no credentials."))
+@strawberry.type(
+    description=_describe(domain.ErrorCode.NO_CONNECTION_DEVICE, "the device never connects, so it has no credentials.")
+)
 class NoConnectionDeviceError(Error):
     cause = domain.ErrorCode.NO_CONNECTION_DEVICE
 
 
-@strawberry.type(description=_describe(domain.ErrorCode.STUDY_NOT_FOUND, "the study is unknown, or not available in this mode."))
+@strawberry.type(
+    description=_describe(domain.ErrorCode.STUDY_NOT_FOUND, "the study is unknown, or not available in this mode.")
+)
 class StudyNotFoundError(Error):
     cause = domain.ErrorCode.STUDY_NOT_FOUND
 
 
-@strawberry.type(description=_describe(domain.ErrorCode.MHEALTH_SETTINGS_NOT_FOUND, "the study's mHealth connection is not configured for this mode."))
+@strawberry.type(
+    description=_describe(
+        domain.ErrorCode.MHEALTH_SETTINGS_NOT_FOUND, "the study's mHealth connection is not configured for this mode."
+    )
+)
 class MHealthSettingsNotFoundError(Error):
     cause = domain.ErrorCode.MHEALTH_SETTINGS_NOT_FOUND
 
 
-@strawberry.type(description=_describe(domain.ErrorCode.INTERNAL_SERVER_ERROR, "the service failed; nothing was changed that the caller can rely on. Retrying later may work."))
+@strawberry.type(
+    description=_describe(
+        domain.ErrorCode.INTERNAL_SERVER_ERROR,
+        "the service failed; nothing was changed that the caller can rely on. Retrying later may work.",
+    )
+)
 class InternalServerError(Error):
     cause = domain.ErrorCode.INTERNAL_SERVER_ERROR
 
@@ -161,12 +193,18 @@ class InvalidInputError(Error):
         return cls(code=refusal.code, message=refusal.message, field=refusal.field or "input")
 
 
-@strawberry.type(description=_describe(domain.ErrorCode.PERMISSION_DENIED, "the caller lacks DeviceActionsPost for this study and mode."))
+@strawberry.type(
+    description=_describe(
+        domain.ErrorCode.PERMISSION_DENIED, "the caller lacks DeviceActionsPost for this study and mode."
+    )
+)
 class PermissionDeniedError(Error):
     cause = domain.ErrorCode.PERMISSION_DENIED
 
 
-@strawberry.type(description=_describe(domain.ErrorCode.RATE_LIMITED, "too many regenerations; try again after retryAfterSeconds."))
+@strawberry.type(
+    description=_describe(domain.ErrorCode.RATE_LIMITED, "too many regenerations; try again after retryAfterSeconds.")
+)
 class RateLimitedError(Error):
     cause = domain.ErrorCode.RATE_LIMITED
     retry_after_seconds: int = strawberry.field(description="Seconds to wait before trying again.")
@@ -176,12 +214,22 @@ class RateLimitedError(Error):
         return cls(code=refusal.code, message=refusal.message, retry_after_seconds=refusal.retry_after_seconds or 1)
 
 
-@strawberry.type(description=_describe(domain.ErrorCode.UPSTREAM_UNAVAILABLE, "the upstream was unreachable, timed out, answered 502/503/504 or sent an unreadable body. The request may or may not have reached it; it was not resent."))
+@strawberry.type(
+    description=_describe(
+        domain.ErrorCode.UPSTREAM_UNAVAILABLE,
+        "the upstream was unreachable, timed out, answered 502/503/504 or sent an unreadable body. "
+        "The request may or may not have reached it; it was not resent.",
+    )
+)
 class UpstreamUnavailableError(Error):
     cause = domain.ErrorCode.UPSTREAM_UNAVAILABLE
 
 
-@strawberry.type(description=_describe(domain.ErrorCode.UNRECOGNIZED_UPSTREAM_ERROR, "the upstream answered with an error no other member matches."))
+@strawberry.type(
+    description=_describe(
+        domain.ErrorCode.UNRECOGNIZED_UPSTREAM_ERROR, "the upstream answered with an error no other member matches."
+    )
+)
 class UnrecognizedUpstreamError(Error):
     cause = domain.ErrorCode.UNRECOGNIZED_UPSTREAM_ERROR
     upstream_status: int = strawberry.field(description="The upstream's HTTP status.")

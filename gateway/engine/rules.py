@@ -114,9 +114,7 @@ class CredentialEngine:
                 # same moment: draw again; the retry finds the row and replaces it.
                 continue
             assert facts.device is not None
-            return Credentials(
-                access_id=access_id, otp=otp, device_id=facts.device.instance_id, expires_at=expires_at
-            )
+            return Credentials(access_id=access_id, otp=otp, device_id=facts.device.instance_id, expires_at=expires_at)
         raise Refusal(ErrorCode.INTERNAL_SERVER_ERROR)
 
     async def verify(self, access_id: str, otp: str) -> bool:

@@ -248,10 +248,7 @@ class StoreTransaction:
         """Portable upsert: the rows whose key exists are updated, the others inserted, each in one batch."""
         if not rows:
             return
-        existing = {
-            tuple(row)
-            for row in await self.connection.execute(select(*(table.c[name] for name in key)))
-        }
+        existing = {tuple(row) for row in await self.connection.execute(select(*(table.c[name] for name in key)))}
         fresh = [row for row in rows if tuple(row[name] for name in key) not in existing]
         stale = [row for row in rows if tuple(row[name] for name in key) in existing]
         if fresh:
@@ -389,4 +386,3 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(conn: Any) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
-

@@ -1,0 +1,147 @@
+"""The `gateway` command as a user runs it: real processes, a real SQLite file, stopped by pid."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import anyio
+import httpx
+import pytest
+
+from gateway.cli import SAMPLE_MUTATION, exported_schema
+from gateway.engine.registry import DEMO_REGISTRY
+from gateway.engine.rules import CredentialEngine
+from gateway.engine.store import Store
+from gateway.settings import Settings
+from tests.utils import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def gateway(*args: str, env: dict[str, str], check: bool = False) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", *args], env=env, capture_output=True, text=True, timeout=60, check=check
+    )
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    """A clean environment whose store is a SQLite file in the test's own folder."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    return {**base, "GATEWAY_DATA_DIR": str(tmp_path / "data"), "GATEWAY_KDF_COST": "4", "GATEWAY_ENV_FILE": ""}
+
+
+class Served:
+    """What `gateway serve` printed, complete once the block has ended."""
+
+    output = ""
+
+
+@contextmanager
+def serving(env: dict[str, str], port: int) -> Iterator[Served]:
+    """`gateway serve` in its own process; stopped by its pid when the block ends."""
+    served = Served()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        for _ in range(200):
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if process.poll() is not None:
+                raise AssertionError("gateway serve exited early")
+            time.sleep(0.05)
+        yield served
+    finally:
+        os.kill(process.pid, signal.SIGTERM)
+        served.output, _ = process.communicate(timeout=20)
+
+
+def mutate(port: int) -> dict[str, str]:
+    response = httpx.post(f"http://127.0.0.1:{port}/graphql", json={"query": SAMPLE_MUTATION}, timeout=10)
+    result: dict[str, str] = response.json()["data"]["regenerateAccessCode"]
+    return result
+
+
+def pair_works(env: dict[str, str], pair: dict[str, str]) -> bool:
+    """Open the gateway's SQLite file directly and check a pair against it."""
+
+    async def check() -> bool:
+        store = await Store.open(Settings.from_env(env).store_url, create=False)
+        try:
+            return await CredentialEngine(store).verify(pair["accessId"], pair["otp"])
+        finally:
+            await store.close()
+
+    return anyio.run(check)
+
+
+def test_serve_loads_demo_data_prints_a_working_mutation_and_persists(env: dict[str, str]) -> None:
+    port = free_port()
+    with serving(env, port) as served:
+        first = mutate(port)
+    output = served.output
+    assert first["__typename"] == "BootstrapCredentials"
+    assert "demo data loaded" in output
+    assert f"http://127.0.0.1:{port}/graphql" in output
+    assert SAMPLE_MUTATION in output
+
+    # Stopped: the pair is in the file. Restarted on it: the data survived, demo data not reloaded.
+    assert pair_works(env, first)
+    with serving(env, port) as served:
+        second = mutate(port)
+    output = served.output
+    assert "demo data loaded" not in output
+    assert second["__typename"] == "BootstrapCredentials"
+    assert second["id"] == first["id"]
+    assert pair_works(env, second)
+    assert not pair_works(env, first)
+    assert first["otp"] not in output
+    assert second["otp"] not in output
+
+
+def test_seed_loads_and_refuses(env: dict[str, str], tmp_path: Path) -> None:
+    loaded = gateway("seed", str(DEMO_REGISTRY), env=env)
+    assert loaded.returncode == 0, loaded.stderr
+    assert "Seeded 1 studies, 3 subjects and 9 devices" in loaded.stdout
+
+    bad = json.loads(DEMO_REGISTRY.read_text())
+    bad["devices"][1]["connectionType"] = "WIFI"
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(bad))
+    refused = gateway("seed", str(path), env=env)
+    assert refused.returncode == 2
+    assert "devices[1] (inventoryId DEMO-CLOUD-READY).connectionType" in refused.stderr
+
+
+def test_bad_settings_are_named(env: dict[str, str]) -> None:
+    result = gateway("seed", str(DEMO_REGISTRY), env={**env, "GATEWAY_KDF_COST": "lots"})
+    assert result.returncode == 2
+    assert "GATEWAY_KDF_COST must be a whole number" in result.stderr
+
+
+def test_export_schema_check(env: dict[str, str], tmp_path: Path) -> None:
+    target = tmp_path / "schema.graphql"
+    assert gateway("export-schema", "--check", "--path", str(target), env=env).returncode == 1
+    assert gateway("export-schema", "--path", str(target), env=env).returncode == 0
+    assert target.read_text() == exported_schema()
+    assert gateway("export-schema", "--check", "--path", str(target), env=env).returncode == 0
+    target.write_text(exported_schema().replace("accessId", "accessID"))
+    drift = gateway("export-schema", "--check", "--path", str(target), env=env)
+    assert drift.returncode == 1
+    assert "differs" in drift.stderr

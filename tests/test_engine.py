@@ -1,0 +1,159 @@
+"""The local credential engine over a real store (SQLite file and PostgreSQL): rules and invariants."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import anyio
+import pytest
+from sqlalchemy import func, select
+
+from gateway.domain import Caller, Credentials, DeviceRef, ErrorCode, Refusal, StudyMode
+from gateway.engine import codes
+from gateway.engine.rules import CredentialEngine
+from gateway.engine.store import Store, credentials
+from tests.conftest import OTHER_SUBJECT, READY_DEVICE, STUDY, SUBJECT, Clock
+
+pytestmark = pytest.mark.anyio
+
+CALLER = Caller(request_id="test")
+
+
+def ref(**overrides: object) -> DeviceRef:
+    values: dict[str, object] = {
+        "study_id": STUDY,
+        "mode": StudyMode.ACTIVE,
+        "subject_id": SUBJECT,
+        "inventory_id": READY_DEVICE,
+        "m_subject_id": "MSUBJECT-001",
+    }
+    values.update(overrides)
+    return DeviceRef.parse(**values)  # type: ignore[arg-type]
+
+
+async def refusal_of(engine: CredentialEngine, device_ref: DeviceRef) -> ErrorCode:
+    with pytest.raises(Refusal) as caught:
+        await engine.regenerate(device_ref, CALLER)
+    return caught.value.code
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        pytest.param({"study_id": "0" * 32}, ErrorCode.STUDY_NOT_FOUND, id="unknown-study"),
+        pytest.param({"mode": StudyMode.TRAINING}, ErrorCode.STUDY_NOT_FOUND, id="study-not-in-mode"),
+        pytest.param({"mode": StudyMode.TEST}, ErrorCode.MHEALTH_SETTINGS_NOT_FOUND, id="no-mhealth-settings"),
+        pytest.param({"subject_id": "F" * 32}, ErrorCode.INVALID_SUBJECT, id="unknown-subject"),
+        pytest.param({"m_subject_id": "MSUBJECT-002"}, ErrorCode.INVALID_SUBJECT, id="another-subjects-msubject"),
+        pytest.param({"inventory_id": "DEMO-UNKNOWN"}, ErrorCode.INVALID_DEVICE, id="unknown-device"),
+        pytest.param({"inventory_id": "DEMO-UNREGISTERED"}, ErrorCode.DEVICE_NOT_REGISTERED, id="unregistered"),
+        pytest.param({"inventory_id": "DEMO-IN-STOCK"}, ErrorCode.DEVICE_NOT_DISPENSED, id="not-dispensed"),
+        pytest.param(
+            {"inventory_id": "DEMO-OTHER-SUBJECT"}, ErrorCode.DEVICE_DISPENSED_TO_ANOTHER_SUBJECT, id="other-subject"
+        ),
+        pytest.param({"inventory_id": "DEMO-NO-TYPE"}, ErrorCode.MISSING_CONNECTION_TYPE, id="no-connection-type"),
+        pytest.param({"inventory_id": "DEMO-CLOUD-NO-VENDOR"}, ErrorCode.MISSING_VENDOR_CODE, id="no-vendor-code"),
+        pytest.param({"inventory_id": "DEMO-NO-CONNECTION"}, ErrorCode.NO_CONNECTION_DEVICE, id="no-connection"),
+        # Order: the earlier rule wins when several fail at once.
+        pytest.param(
+            {"mode": StudyMode.TEST, "subject_id": "F" * 32}, ErrorCode.MHEALTH_SETTINGS_NOT_FOUND, id="order-mhealth"
+        ),
+        pytest.param(
+            {"m_subject_id": "NOBODY", "inventory_id": "DEMO-UNKNOWN"}, ErrorCode.INVALID_SUBJECT, id="order-subject"
+        ),
+        pytest.param(
+            {"subject_id": OTHER_SUBJECT, "m_subject_id": "MSUBJECT-002", "inventory_id": "DEMO-UNREGISTERED"},
+            ErrorCode.DEVICE_NOT_REGISTERED,
+            id="order-registered-before-dispensed",
+        ),
+    ],
+)
+async def test_rules_refuse_in_order(
+    engine: CredentialEngine, overrides: dict[str, object], expected: ErrorCode
+) -> None:
+    assert await refusal_of(engine, ref(**overrides)) == expected
+
+
+@pytest.mark.parametrize("inventory_id", [READY_DEVICE, "DEMO-CLOUD-READY"])
+async def test_new_pair_has_the_contracts_shape(engine: CredentialEngine, clock: Clock, inventory_id: str) -> None:
+    issued = await engine.regenerate(ref(inventory_id=inventory_id), CALLER)
+    assert len(issued.access_id) == codes.ACCESS_ID_LENGTH
+    assert len(issued.otp) == codes.OTP_LENGTH
+    assert set(issued.access_id + issued.otp) <= set(codes.ALPHABET)
+    assert not set("0O1IL") & set(codes.ALPHABET)
+    assert issued.expires_at == clock.now + timedelta(hours=24)
+    assert len(issued.device_id) == 32
+    assert issued.otp not in repr(issued)
+
+
+async def test_a_new_pair_replaces_the_old_one(engine: CredentialEngine) -> None:
+    first = await engine.regenerate(ref(), CALLER)
+    assert await engine.verify(first.access_id, first.otp)
+    second = await engine.regenerate(ref(), CALLER)
+    assert (second.access_id, second.otp) != (first.access_id, first.otp)
+    assert not await engine.verify(first.access_id, first.otp)
+    assert await engine.verify(second.access_id, second.otp)
+    assert not await engine.verify(second.access_id, first.otp)
+
+
+async def test_the_store_holds_only_a_salted_hash(engine: CredentialEngine) -> None:
+    issued = [
+        await engine.regenerate(ref(inventory_id=device), CALLER) for device in (READY_DEVICE, "DEMO-CLOUD-READY")
+    ]
+    async with engine.store.engine.connect() as conn:
+        rows = (await conn.execute(select(credentials))).all()
+    assert len(rows) == 2
+    stored = " ".join(str(value) for row in rows for value in row)
+    for pair in issued:
+        assert pair.otp not in stored
+    hashes = [row.otp_hash for row in rows]
+    assert all(h.startswith("scrypt$") for h in hashes)
+    salts = {h.split("$")[4] for h in hashes}
+    assert len(salts) == 2
+
+
+async def test_expiry_follows_the_injected_clock(engine: CredentialEngine, clock: Clock) -> None:
+    issued = await engine.regenerate(ref(), CALLER)
+    clock.advance(timedelta(hours=24) - timedelta(seconds=1))
+    assert await engine.verify(issued.access_id, issued.otp)
+    clock.advance(timedelta(seconds=1))
+    assert not await engine.verify(issued.access_id, issued.otp)
+    assert not await engine.redeem(issued.access_id, issued.otp)
+
+
+async def test_the_lifetime_is_a_setting(store: Store, clock: Clock) -> None:
+    short = CredentialEngine(store, otp_ttl=timedelta(minutes=5), kdf_cost=4, clock=clock)
+    issued = await short.regenerate(ref(), CALLER)
+    assert issued.expires_at == clock.now + timedelta(minutes=5)
+
+
+async def test_an_otp_works_once(engine: CredentialEngine) -> None:
+    issued = await engine.regenerate(ref(), CALLER)
+    assert not await engine.redeem(issued.access_id, "WRONGOTP")
+    assert await engine.redeem(issued.access_id, issued.otp)
+    assert not await engine.redeem(issued.access_id, issued.otp)
+    assert not await engine.verify(issued.access_id, issued.otp)
+
+
+async def test_concurrent_regenerations_leave_exactly_one_working_pair(engine: CredentialEngine) -> None:
+    issued: list[Credentials] = []
+
+    async def one() -> None:
+        issued.append(await engine.regenerate(ref(), CALLER))
+
+    async with anyio.create_task_group() as tasks:
+        for _ in range(20):
+            tasks.start_soon(one)
+    assert len(issued) == 20
+    assert len({pair.access_id for pair in issued}) == 20
+    working = [pair for pair in issued if await engine.verify(pair.access_id, pair.otp)]
+    assert len(working) == 1
+    async with engine.store.engine.connect() as conn:
+        count = (await conn.execute(select(func.count()).select_from(credentials))).scalar_one()
+    assert count == 1
+
+
+async def test_a_broken_store_is_an_internal_server_error(engine: CredentialEngine) -> None:
+    async with engine.store.engine.begin() as conn:
+        await conn.run_sync(credentials.drop)
+    assert await refusal_of(engine, ref()) == ErrorCode.INTERNAL_SERVER_ERROR
