@@ -25,7 +25,8 @@ from strawberry.asgi import GraphQL
 from gateway import __version__, rest
 from gateway.api.context import Context
 from gateway.api.schema import schema
-from gateway.domain import Backend, Caller
+from gateway.callers import caller_of
+from gateway.domain import Backend
 from gateway.engine.rules import CredentialEngine
 from gateway.engine.store import Store
 from gateway.settings import Settings, SettingsError
@@ -67,7 +68,7 @@ class GraphQLView(GraphQL[Context, None]):
     async def get_context(self, request: Request | WebSocket, response: Response | WebSocket) -> Context:
         return Context(
             backend=request.app.state.backend,
-            caller=Caller(request_id=request.state.request_id, authorization=request.headers.get("authorization")),
+            caller=caller_of(request),
             settings=request.app.state.settings,
         )
 

@@ -211,12 +211,41 @@ class Credentials:
     """When the OTP stops working; None when the upstream does not say."""
 
 
+DEVICE_ACTIONS_POST = "DeviceActionsPost"
+"""The right the access-code PUT needs, granted per study and mode."""
+
+
+@dataclass(frozen=True)
+class Principal:
+    """An authenticated caller: the token's subject, client and rights.
+
+    `rights` is the token's `rights` claim: `{"<STUDYID or *>": {"<mode or *>": ["DeviceActionsPost", ...]}}`.
+    """
+
+    subject: str
+    client_id: str | None = None
+    rights: Mapping[str, Mapping[str, frozenset[str]]] = field(default_factory=dict)
+
+    def may(self, right: str, study_id: str, mode: StudyMode) -> bool:
+        """True when `right` is granted for this study (or `*`) in this mode (or `*`)."""
+        for study in (study_id, "*"):
+            modes = self.rights.get(study, {})
+            for mode_key in (mode.value, "*"):
+                if right in modes.get(mode_key, frozenset()):
+                    return True
+        return False
+
+
 @dataclass(frozen=True)
 class Caller:
-    """Who is asking, as far as the faces know: passed through to the backend."""
+    """Who is asking, as far as the faces know: passed through to the backend.
+
+    `principal` is None only when authentication is switched off (an insecure development setting).
+    """
 
     request_id: str
     authorization: str | None = field(default=None, repr=False)
+    principal: Principal | None = None
 
 
 class Backend(Protocol):

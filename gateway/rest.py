@@ -13,7 +13,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from gateway.domain import Backend, Caller, DeviceRef, InvalidInput, Refusal, parse_mode
+from gateway.callers import caller_of
+from gateway.domain import Backend, DeviceRef, InvalidInput, Refusal, parse_mode
 
 ACCESS_CODE_PATH = (
     "/ec-ors-svc/rest/v1.0/studies/{studyId}/{mode}/subjects/{subjectId}/devices/{inventoryId}/access-code"
@@ -63,7 +64,7 @@ def _ref(request: Request) -> DeviceRef:
 
 async def regenerate_access_code(request: Request) -> JSONResponse:
     backend: Backend = request.app.state.backend
-    caller = Caller(request_id=request.state.request_id, authorization=request.headers.get("authorization"))
+    caller = caller_of(request)
     try:
         credentials = await backend.regenerate(_ref(request), caller)
     except Refusal as refusal:

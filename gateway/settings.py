@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -52,6 +52,19 @@ def _boolean(name: str, raw: str) -> bool:
     raise SettingsError(f"{name} must be true or false, not {raw!r}")
 
 
+def _number(low: float, high: float) -> Callable[[str, str], float]:
+    def parse(name: str, raw: str) -> float:
+        try:
+            value = float(raw)
+        except ValueError:
+            raise SettingsError(f"{name} must be a number, not {raw!r}") from None
+        if not low <= value <= high:
+            raise SettingsError(f"{name} must be between {low:g} and {high:g}, not {value:g}")
+        return value
+
+    return parse
+
+
 def _text(name: str, raw: str) -> str:
     return raw.strip()
 
@@ -78,6 +91,21 @@ def _http_url(name: str, raw: str) -> str:
     return value
 
 
+def _endpoint_url(name: str, raw: str) -> str:
+    value = raw.strip()
+    parts = urlsplit(value)
+    if parts.scheme not in {"http", "https"} or not parts.hostname or parts.fragment:
+        raise SettingsError(f"{name} must be an http(s) URL, like https://idcs.example/oauth2/v1/token")
+    return value
+
+
+def _file(name: str, raw: str) -> str:
+    value = raw.strip()
+    if value and not Path(value).is_file():
+        raise SettingsError(f"{name} must name a readable file, not {value!r}")
+    return value
+
+
 @dataclass(frozen=True)
 class Settings:
     """The gateway's configuration. Field `x` is read from `GATEWAY_X`."""
@@ -97,6 +125,32 @@ class Settings:
     demo_data: bool = True
     """`gateway serve` loads the demo registry into an empty local store."""
     log_level: str = "info"
+    # Upstream mode (GATEWAY_BACKEND=upstream): gateway/upstream/.
+    upstream_connect_timeout_seconds: float = 5.0
+    upstream_read_timeout_seconds: float = 120.0
+    """Oracle's best-practice page asks clients to expect up to a 2-minute network timeout."""
+    upstream_write_timeout_seconds: float = 30.0
+    upstream_pool_timeout_seconds: float = 5.0
+    upstream_max_connections: int = 64
+    upstream_max_keepalive_connections: int = 32
+    upstream_max_concurrency: int = 32
+    """Upstream calls in flight at once; the rest wait (up to the queue timeout) for a turn."""
+    upstream_queue_timeout_seconds: float = 10.0
+    upstream_breaker_failure_threshold: int = 5
+    """Consecutive upstream failures (unreachable, timed out, 502/503/504, unreadable) that open the breaker."""
+    upstream_breaker_reset_seconds: float = 30.0
+    """How long an open breaker fails fast before it lets one trial call through."""
+    upstream_connect_retries: int = 2
+    """Extra attempts after a failure to connect (nothing was sent); nothing else is ever resent."""
+    upstream_retry_backoff_seconds: float = 0.25
+    upstream_ca_file: str = ""
+    """PEM bundle to verify the upstream's TLS certificate (empty: certifi's bundle)."""
+    upstream_auth: str = "forward"
+    """`forward` (the caller's Authorization header) or `client-credentials` (a service account)."""
+    upstream_token_url: str = ""
+    upstream_client_id: str = ""
+    upstream_client_secret: str = field(default="", repr=False)
+    upstream_scope: str = ""
 
     @property
     def store_url(self) -> str:
@@ -126,6 +180,12 @@ class Settings:
         """Rules across settings."""
         if self.backend == "upstream" and not self.upstream_url:
             raise SettingsError("GATEWAY_UPSTREAM_URL is required when GATEWAY_BACKEND=upstream")
+        if self.upstream_auth == "client-credentials":
+            for name in ("upstream_token_url", "upstream_client_id", "upstream_client_secret"):
+                if not getattr(self, name):
+                    raise SettingsError(f"GATEWAY_{name.upper()} is required when GATEWAY_UPSTREAM_AUTH=client-credentials")
+        if self.upstream_max_concurrency > self.upstream_max_connections:
+            raise SettingsError("GATEWAY_UPSTREAM_MAX_CONCURRENCY must not exceed GATEWAY_UPSTREAM_MAX_CONNECTIONS")
 
 
 _PARSERS: dict[str, Callable[[str, str], object]] = {
@@ -140,4 +200,22 @@ _PARSERS: dict[str, Callable[[str, str], object]] = {
     "kdf_cost": _integer(4, 20),
     "demo_data": _boolean,
     "log_level": _choice("debug", "info", "warning", "error"),
+    "upstream_connect_timeout_seconds": _number(0.01, 600),
+    "upstream_read_timeout_seconds": _number(0.01, 3600),
+    "upstream_write_timeout_seconds": _number(0.01, 600),
+    "upstream_pool_timeout_seconds": _number(0.01, 600),
+    "upstream_max_connections": _integer(1, 10_000),
+    "upstream_max_keepalive_connections": _integer(0, 10_000),
+    "upstream_max_concurrency": _integer(1, 10_000),
+    "upstream_queue_timeout_seconds": _number(0, 600),
+    "upstream_breaker_failure_threshold": _integer(1, 1000),
+    "upstream_breaker_reset_seconds": _number(0.1, 3600),
+    "upstream_connect_retries": _integer(0, 5),
+    "upstream_retry_backoff_seconds": _number(0, 10),
+    "upstream_ca_file": _file,
+    "upstream_auth": _choice("forward", "client-credentials"),
+    "upstream_token_url": _endpoint_url,
+    "upstream_client_id": _text,
+    "upstream_client_secret": _text,
+    "upstream_scope": _text,
 }

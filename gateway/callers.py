@@ -1,0 +1,17 @@
+"""Who is asking: the `Caller` of an HTTP request, built the same way for every face."""
+
+from __future__ import annotations
+
+from starlette.requests import HTTPConnection
+
+from gateway.domain import Caller
+
+
+def caller_of(connection: HTTPConnection) -> Caller:
+    """The request's id (set by the request-id middleware), its Authorization header and the
+    principal the authentication middleware found (None when authentication is off)."""
+    return Caller(
+        request_id=connection.state.request_id,
+        authorization=connection.headers.get("authorization"),
+        principal=getattr(connection.state, "principal", None),
+    )
