@@ -1,0 +1,245 @@
+"""`UpstreamClient`: the `Backend` that regenerates by calling Clinical One's access-code PUT.
+
+One call, one PUT: the request is built from the validated `DeviceRef` (each path segment
+percent-encoded, `mSubjectId` as an encoded query parameter), sent through the breaker and the
+concurrency limit, retried only when the connection could not be made, and its answer read by
+`responses.read_answer`. With a service account, a 401 gets one fresh token and one more send.
+Each call is logged with the caller's request id, which also goes upstream as `X-Request-ID`.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from urllib.parse import quote
+
+import anyio
+import httpx
+
+from gateway import __version__
+from gateway.domain import Caller, Credentials, DeviceRef, InvalidInput, Refusal
+from gateway.rest import ACCESS_CODE_PATH
+from gateway.settings import Settings
+from gateway.upstream.auth import ClientCredentialsAuth, ForwardAuth, UpstreamAuth
+from gateway.upstream.resilience import (
+    NOT_SENT,
+    BreakerState,
+    CircuitBreaker,
+    ConcurrencyLimit,
+    ConnectRetry,
+    MonotonicClock,
+    Outcome,
+    Sleep,
+)
+from gateway.upstream.responses import MAX_BODY_BYTES, Answer, UpstreamFailure, read_answer
+
+log = logging.getLogger(__name__)
+
+WallClock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def upstream_http_client(settings: Settings) -> httpx.AsyncClient:
+    """The one pooled HTTP client for upstream calls (and the token endpoint); the lifespan closes it."""
+    verify: ssl.SSLContext | bool = True
+    if settings.upstream_ca_file:
+        verify = ssl.create_default_context(cafile=settings.upstream_ca_file)
+    return httpx.AsyncClient(
+        base_url=settings.upstream_url,
+        timeout=httpx.Timeout(
+            connect=settings.upstream_connect_timeout_seconds,
+            read=settings.upstream_read_timeout_seconds,
+            write=settings.upstream_write_timeout_seconds,
+            pool=settings.upstream_pool_timeout_seconds,
+        ),
+        limits=httpx.Limits(
+            max_connections=settings.upstream_max_connections,
+            max_keepalive_connections=settings.upstream_max_keepalive_connections,
+            keepalive_expiry=settings.upstream_keepalive_expiry_seconds,
+        ),
+        verify=verify,
+        # A PUT is never replayed elsewhere: a redirect is reported, not followed.
+        follow_redirects=False,
+        # Explicit configuration only: no proxy variables or .netrc credentials picked up from the host.
+        trust_env=False,
+        headers={"User-Agent": f"clinical-one-credentials-gateway/{__version__}"},
+    )
+
+
+def _segment(value: str, field: str) -> str:
+    """One path segment, percent-encoded; dot segments refused.
+
+    `DeviceRef.parse` already allows only letters, digits, '.', '_' and '-'; this second lock
+    holds for a `DeviceRef` built by hand too: no value can add a segment, a query or a fragment.
+    """
+    if value in ("", ".", ".."):
+        raise InvalidInput(field, "is not a valid path segment")
+    return quote(value, safe="")
+
+
+def access_code_path(ref: DeviceRef) -> str:
+    """The upstream's access-code path for `ref` (the same template the REST face serves)."""
+    return ACCESS_CODE_PATH.format(
+        studyId=_segment(ref.study_id, "studyId"),
+        mode=_segment(ref.mode.value, "mode"),
+        subjectId=_segment(ref.subject_id, "subjectId"),
+        inventoryId=_segment(ref.inventory_id, "inventoryId"),
+    )
+
+
+class UpstreamClient:
+    """The Backend that asks Clinical One itself for new credentials."""
+
+    name = "upstream"
+
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        *,
+        auth: UpstreamAuth,
+        retry: ConnectRetry,
+        limit: ConcurrencyLimit,
+        breaker: CircuitBreaker,
+        now: WallClock = utc_now,
+    ) -> None:
+        self.http = http
+        self.auth = auth
+        self.retry = retry
+        self.limit = limit
+        self.breaker = breaker
+        self.now = now
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        http: httpx.AsyncClient,
+        *,
+        clock: MonotonicClock = time.monotonic,
+        now: WallClock = utc_now,
+        sleep: Sleep = anyio.sleep,
+    ) -> UpstreamClient:
+        """The client the settings describe, over `http` (from `upstream_http_client`, owned by the caller)."""
+        retry = ConnectRetry(settings.upstream_connect_retries, settings.upstream_retry_backoff_seconds, sleep=sleep)
+        auth: UpstreamAuth = ForwardAuth()
+        if settings.upstream_auth == "client-credentials":
+            auth = ClientCredentialsAuth(
+                http,
+                token_url=settings.upstream_token_url,
+                client_id=settings.upstream_client_id,
+                client_secret=settings.upstream_client_secret,
+                scope=settings.upstream_scope,
+                retry=retry,
+                clock=clock,
+            )
+        return cls(
+            http,
+            auth=auth,
+            retry=retry,
+            limit=ConcurrencyLimit(settings.upstream_max_concurrency, settings.upstream_queue_timeout_seconds),
+            breaker=CircuitBreaker(
+                settings.upstream_breaker_failure_threshold, settings.upstream_breaker_reset_seconds, clock=clock
+            ),
+            now=now,
+        )
+
+    async def regenerate(self, ref: DeviceRef, caller: Caller) -> Credentials:
+        path = access_code_path(ref)  # before anything else: a bad value never leaves the gateway
+        ticket = self.breaker.admit(caller.request_id)
+        outcome = Outcome.NONE
+        try:
+            async with self.limit.turn(caller.request_id):
+                try:
+                    credentials = await self._exchange(path, ref, caller)
+                except UpstreamFailure:
+                    outcome = Outcome.FAILURE
+                    raise
+                except Refusal:
+                    outcome = Outcome.SUCCESS  # the upstream answered; "no" is an answer
+                    raise
+                outcome = Outcome.SUCCESS
+                return credentials
+        finally:
+            self.breaker.settle(ticket, outcome)
+
+    def readiness(self) -> dict[str, object]:
+        """For /readyz: not ready while the breaker is open."""
+        state = self.breaker.state
+        return {
+            "ready": state is not BreakerState.OPEN,
+            "circuit": state.value,
+            "consecutiveFailures": self.breaker.consecutive_failures,
+            "inFlight": self.limit.in_flight,
+            "waiting": self.limit.waiting,
+        }
+
+    async def _exchange(self, path: str, ref: DeviceRef, caller: Caller) -> Credentials:
+        authorization = await self.auth.authorize(caller)
+        answer = await self._send(path, ref, caller, authorization)
+        if answer.status == 401 and self.auth.renewable:
+            # The token was refused before anything happened upstream: one fresh token, one more send.
+            log.info(
+                "upstream answered 401: renewing the service token and sending once more (request %s)",
+                caller.request_id,
+            )
+            authorization = await self.auth.authorize(caller, rejected=authorization)
+            answer = await self._send(path, ref, caller, authorization)
+        try:
+            return read_answer(answer, now=self.now())
+        except UpstreamFailure as failure:
+            log.warning("upstream gave no usable answer: %s (request %s)", failure.reason, caller.request_id)
+            raise
+        except Refusal as refusal:
+            log.info(
+                "upstream refused: %s (HTTP %d) (request %s)", refusal.code.value, answer.status, caller.request_id
+            )
+            raise
+
+    async def _send(self, path: str, ref: DeviceRef, caller: Caller, authorization: str | None) -> Answer:
+        headers = {"Accept": "application/json", "X-Request-ID": caller.request_id}
+        if authorization:
+            headers["Authorization"] = authorization
+        request = self.http.build_request("PUT", path, params={"mSubjectId": ref.m_subject_id}, headers=headers)
+        started = time.perf_counter()
+        try:
+            response = await self.retry.run(
+                lambda: self.http.send(request, stream=True), what="upstream", request_id=caller.request_id
+            )
+            try:
+                body = await _read_body(response)
+            finally:
+                await response.aclose()
+        except httpx.HTTPError as error:
+            # Only the class name: an exception's text can quote what the server sent.
+            reason = f"{type(error).__name__}; it may have reached the upstream, so it is not resent"
+            if isinstance(error, NOT_SENT):
+                reason = f"{type(error).__name__} on each of {self.retry.retries + 1} attempts"
+            elif isinstance(error, httpx.PoolTimeout):
+                reason = "PoolTimeout: no pooled connection came free; nothing was sent"
+            log.warning("upstream call failed: %s (request %s)", reason, caller.request_id)
+            raise UpstreamFailure(reason) from None
+        except UpstreamFailure as failure:
+            log.warning("upstream call failed: %s (request %s)", failure.reason, caller.request_id)
+            raise
+        log.info(
+            "upstream PUT access-code -> HTTP %d in %.0f ms (request %s)",
+            response.status_code,
+            (time.perf_counter() - started) * 1000,
+            caller.request_id,
+        )
+        return Answer(status=response.status_code, headers=response.headers, body=body)
+
+
+async def _read_body(response: httpx.Response) -> bytes:
+    body = bytearray()
+    async for chunk in response.aiter_bytes():
+        body += chunk
+        if len(body) > MAX_BODY_BYTES:
+            raise UpstreamFailure(f"HTTP {response.status_code} with a body over {MAX_BODY_BYTES} bytes")
+    return bytes(body)

@@ -1,0 +1,206 @@
+"""Reading the upstream's answers: a 2xx becomes `Credentials`, anything else a `Refusal`.
+
+The status decides where it can (401/403, 404, 429, 502/503/504). Other error bodies are read as
+an `ORSResponse` and their cause is recognised from `gateway.domain.CAUSES`, the only description
+of the causes: by the row's `rest_code` when the upstream sends a code we know, otherwise by the
+row's documented prose found anywhere in `errorMessage` or `details` (case, punctuation and
+surrounding words do not matter). What matches no row is an `UnrecognizedUpstreamError` carrying
+the upstream's status and code. Nothing of a body (and so no OTP) is copied into a message.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from gateway.domain import CAUSES, Cause, Credentials, ErrorCode, Refusal
+
+MAX_BODY_BYTES = 1 << 20
+"""A larger answer is not an access-code response; it is refused unread rather than buffered."""
+DEFAULT_RETRY_AFTER_SECONDS = 1
+"""A 429 that says nothing usable about when to come back."""
+MAX_RETRY_AFTER_SECONDS = 24 * 60 * 60
+_SAFE_CODE = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+_SUCCESS_FIELDS = ("accessId", "otp", "id")
+
+
+class UpstreamFailure(Refusal):
+    """The upstream gave no usable answer: unreachable, timed out, 502/503/504 or an unreadable body.
+
+    Rendered as `UpstreamUnavailableError` like any refusal with that code, but unlike the answers
+    the upstream meant (a 400, a 429, a saturated queue here) it counts against the circuit breaker.
+    `reason` is for logs: a fixed phrase, never a body, a token or an OTP.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(ErrorCode.UPSTREAM_UNAVAILABLE)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Answer:
+    """An upstream HTTP response, read whole (status, headers, body)."""
+
+    status: int
+    headers: Mapping[str, str]
+    body: bytes = field(repr=False)
+
+
+# --------------------------------------------------------------------------------------------
+# Recognition, derived from the cause table: only the upstream's own (documented) causes.
+
+_UPSTREAM_CAUSES = tuple(cause for cause in CAUSES.values() if cause.documented)
+_BY_CODE = {cause.rest_code.casefold(): cause for cause in _UPSTREAM_CAUSES}
+
+
+def _words(text: str) -> tuple[str, ...]:
+    return tuple(re.findall(r"[0-9a-z]+", text.casefold()))
+
+
+# Longest prose first, so "Internal server error: mHealth settings are not found" is the specific cause.
+_BY_PROSE = sorted(((_words(cause.message), cause) for cause in _UPSTREAM_CAUSES), key=lambda pair: -len(pair[0]))
+
+
+def _contains(words: tuple[str, ...], phrase: tuple[str, ...]) -> bool:
+    return any(words[i : i + len(phrase)] == phrase for i in range(len(words) - len(phrase) + 1))
+
+
+def recognise(status: int, code: str | None, texts: list[str]) -> Cause | None:
+    """The documented cause an error means, or None.
+
+    Only causes documented with this HTTP status are candidates (a 200 whose envelope says failure
+    may be any of them): a known code under the wrong status is a different, unknown error.
+    """
+    candidates = [cause for cause in _UPSTREAM_CAUSES if status in (200, cause.http_status)]
+    if code is not None:
+        known = _BY_CODE.get(code.strip().casefold())
+        if known in candidates:
+            return known
+    for text in texts:
+        words = _words(text)
+        for phrase, cause in _BY_PROSE:
+            if cause in candidates and _contains(words, phrase):
+                return cause
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# Reading an answer.
+
+
+def read_answer(answer: Answer, *, now: datetime) -> Credentials:
+    """New credentials from a 2xx answer, or raise the `Refusal` the answer means."""
+    status = answer.status
+    if status in (401, 403):
+        raise Refusal(ErrorCode.PERMISSION_DENIED)
+    if status == 404:
+        raise Refusal(ErrorCode.STUDY_NOT_FOUND)
+    if status == 429:
+        raise Refusal(ErrorCode.RATE_LIMITED, retry_after_seconds=_retry_after(answer, now))
+    if status in (502, 503, 504):
+        raise UpstreamFailure(f"HTTP {status}")
+    document = _json(answer.body, status)
+    if 200 <= status < 300:
+        return _credentials(document, status)
+    raise _error(status, document)
+
+
+def _json(body: bytes, status: int) -> Any:
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError):
+        # Not JSON, or cut short: an HTML error page, a proxy's text, a connection closed mid-body.
+        raise UpstreamFailure(f"HTTP {status} with a body that is not JSON") from None
+
+
+def _credentials(document: Any, status: int) -> Credentials:
+    if not isinstance(document, dict):
+        raise UpstreamFailure(f"HTTP {status} with a body that is not an object")
+    envelope_status = document.get("status")
+    if isinstance(envelope_status, str) and envelope_status.strip().casefold() not in ("", "success"):
+        raise _error(status, document)
+    # Documented bare; other Clinical One services wrap results as {"status": ..., "result": {...}}.
+    result = document.get("result")
+    payload = result if isinstance(result, dict) else document
+    values = {name: value.strip() for name in _SUCCESS_FIELDS if isinstance(value := payload.get(name), str)}
+    missing = [name for name in _SUCCESS_FIELDS if not values.get(name)]
+    if missing:
+        # Possibly a pair was made upstream, but we cannot hand it on: an upstream fault, never a success.
+        raise UpstreamFailure(f"HTTP {status} success body without {', '.join(missing)}")
+    return Credentials(
+        access_id=values["accessId"],
+        otp=values["otp"],
+        device_id=values["id"],
+        expires_at=None,  # the upstream does not say
+    )
+
+
+def _error(status: int, document: Any) -> Refusal:
+    body = document if isinstance(document, dict) else {}
+    error_data = body.get("errorData")
+    data: dict[str, Any] = error_data if isinstance(error_data, dict) else body
+    code = data.get("errorCode")
+    code = str(code) if isinstance(code, (str, int)) and not isinstance(code, bool) else None
+    cause = recognise(status, code, _texts(data))
+    if cause is not None:
+        return Refusal(cause.code)
+    return Refusal(
+        ErrorCode.UNRECOGNIZED_UPSTREAM_ERROR,
+        upstream_status=status,
+        # Carried to the client, so only a code-shaped value: never a stray piece of body.
+        upstream_code=code.strip() if code is not None and _SAFE_CODE.fullmatch(code.strip()) else None,
+    )
+
+
+def _texts(data: dict[str, Any]) -> list[str]:
+    """Where the documented prose may be: the message, then `details` (a string or an object)."""
+    texts = [data.get("errorMessage"), data.get("message")]
+    details = data.get("details")
+    if isinstance(details, dict):
+        texts.extend(details.values())
+    else:
+        texts.append(details)
+    return [text for text in texts if isinstance(text, str)]
+
+
+def _retry_after(answer: Answer, now: datetime) -> int:
+    """Seconds from `Retry-After` (delta-seconds or an HTTP date), else from `details`, else a default."""
+    seconds = parse_retry_after(answer.headers.get("retry-after"), now)
+    if seconds is None:
+        seconds = _retry_after_from_body(answer.body)
+    return DEFAULT_RETRY_AFTER_SECONDS if seconds is None else seconds
+
+
+def parse_retry_after(value: str | None, now: datetime) -> int | None:
+    """RFC 9110 `Retry-After`: whole seconds, or an HTTP date (seconds from `now`, rounded up)."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return min(int(value), MAX_RETRY_AFTER_SECONDS)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return min(max(math.ceil((when - now).total_seconds()), 0), MAX_RETRY_AFTER_SECONDS)
+
+
+def _retry_after_from_body(body: bytes) -> int | None:
+    try:
+        document = json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+    error_data = document.get("errorData") if isinstance(document, dict) else None
+    details = error_data.get("details") if isinstance(error_data, dict) else None
+    seconds = details.get("retryAfterSeconds") if isinstance(details, dict) else None
+    if isinstance(seconds, int) and not isinstance(seconds, bool) and seconds >= 0:
+        return min(seconds, MAX_RETRY_AFTER_SECONDS)
+    return None
