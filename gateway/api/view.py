@@ -1,0 +1,68 @@
+"""Strawberry's ASGI view with the gateway's HTTP rules for GraphQL.
+
+- A POST must be `application/json`: a text/plain, form or multipart POST (what a browser sends
+  cross-site without a preflight) is refused with 415 before anything is parsed or executed.
+- Mutations only by POST (Strawberry refuses them over GET); no batching (a JSON array is
+  refused: the schema has no batching config); no multipart uploads.
+- GraphiQL only outside production; its headers pane starts with an Authorization template.
+- With trusted documents configured, only those documents run (`gateway.hardening.TrustedDocuments`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+from cross_web import AsyncHTTPRequestAdapter, HTTPException
+from starlette.datastructures import Headers
+from starlette.responses import PlainTextResponse
+from starlette.types import Receive, Scope, Send
+from strawberry.asgi import GraphQL
+from strawberry.http import GraphQLRequestData
+from strawberry.schema import BaseSchema
+
+from gateway.api.context import Context
+from gateway.hardening import TrustedDocuments, UntrustedDocument
+from gateway.settings import Settings
+
+IDE_HEADERS_TEMPLATE = "{\n  \"Authorization\": \"Bearer paste-the-output-of: gateway token --study '*' --mode '*'\"\n}"
+"""What GraphiQL's headers pane holds until the user pastes a token (nothing is persisted yet)."""
+_IDE_ANCHOR = "isHeadersEditorEnabled: true,"
+
+
+class HardenedGraphQLView(GraphQL[Context, None]):
+    def __init__(self, schema: BaseSchema, *, settings: Settings) -> None:
+        super().__init__(
+            schema,
+            graphql_ide=None if settings.production else "graphiql",
+            allow_queries_via_get=True,
+            multipart_uploads_enabled=False,
+        )
+        self.trusted = TrustedDocuments.load(settings.trusted_documents) if settings.trusted_documents else None
+
+    @property
+    def graphql_ide_html(self) -> str:
+        """Strawberry's GraphiQL (headers editor on, headers persisted in the browser), with a
+        template in the headers pane so that a new user sees where the token goes."""
+        html = super().graphql_ide_html
+        default = f"defaultHeaders: {json.dumps(IDE_HEADERS_TEMPLATE)},"
+        return html.replace(_IDE_ANCHOR, f"{_IDE_ANCHOR}\n          {default}", 1)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            media_type = Headers(scope=scope).get("content-type", "").split(";")[0].strip().lower()
+            if media_type != "application/json":
+                refusal = PlainTextResponse("GraphQL requests must be POSTed as application/json", status_code=415)
+                await refusal(scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)
+
+    async def parse_http_body(self, request: AsyncHTTPRequestAdapter) -> GraphQLRequestData | list[GraphQLRequestData]:
+        data = await super().parse_http_body(request)
+        if self.trusted is None or isinstance(data, list):
+            return data
+        try:
+            query = self.trusted.resolve(data.query, data.extensions)
+        except UntrustedDocument as error:
+            raise HTTPException(400, str(error)) from None
+        return dataclasses.replace(data, query=query)
