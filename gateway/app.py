@@ -1,7 +1,7 @@
 """`create_app(settings)`: the Starlette app with its routes, middleware and lifespan.
 
-The lifespan owns every resource (the store and its pool, later the upstream client): opened
-when the app starts, closed when it stops, never at import time.
+The lifespan owns every resource (the store and its pool, or the upstream's pooled HTTP client):
+opened when the app starts, closed when it stops, never at import time.
 """
 
 from __future__ import annotations
@@ -10,9 +10,12 @@ import logging
 import re
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import timedelta
 
+import anyio
+from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.applications import Starlette
 from starlette.datastructures import MutableHeaders
 from starlette.requests import Request
@@ -20,16 +23,22 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
-from strawberry.asgi import GraphQL
 
-from gateway import __version__, rest
+from gateway import __version__, bootstrap, rest
 from gateway.api.context import Context
-from gateway.api.schema import schema
+from gateway.api.schema import build_schema
+from gateway.api.view import HardenedGraphQLView
+from gateway.audit import AuditTrail
+from gateway.auth import AuthenticationMiddleware, open_authenticator
 from gateway.callers import caller_of
 from gateway.domain import Backend
-from gateway.engine.rules import CredentialEngine
+from gateway.engine.rules import CredentialEngine, utc_now
 from gateway.engine.store import Store
-from gateway.settings import Settings, SettingsError
+from gateway.hardening import BodySizeLimitMiddleware
+from gateway.limits import RateLimiter
+from gateway.service import Policy, RegenerationService
+from gateway.settings import Settings
+from gateway.upstream import UpstreamClient, upstream_http_client
 
 log = logging.getLogger(__name__)
 
@@ -62,12 +71,13 @@ class RequestIdMiddleware:
         await self.app(scope, receive, send_with_id)
 
 
-class GraphQLView(GraphQL[Context, None]):
-    """Strawberry's ASGI view, with our typed context built from the app's state."""
+class GraphQLView(HardenedGraphQLView):
+    """Strawberry's ASGI view (with the HTTP rules of `gateway.api.view`), with our typed context
+    built from the app's state."""
 
     async def get_context(self, request: Request | WebSocket, response: Response | WebSocket) -> Context:
         return Context(
-            backend=request.app.state.backend,
+            service=request.app.state.service,
             caller=caller_of(request),
             settings=request.app.state.settings,
         )
@@ -79,13 +89,50 @@ async def healthz(request: Request) -> JSONResponse:
     return JSONResponse({"status": "ok", "version": __version__, "backend": backend.name})
 
 
-async def open_backend(settings: Settings) -> tuple[Backend, Store | None]:
-    """The backend the settings choose, and the store it owns (if any)."""
-    if settings.backend != "local":
-        raise SettingsError("GATEWAY_BACKEND=upstream is not available in this version")
-    store = await Store.open(settings.store_url, schema=settings.database_schema)
-    engine = CredentialEngine(store, otp_ttl=timedelta(seconds=settings.otp_ttl_seconds), kdf_cost=settings.kdf_cost)
-    return engine, store
+async def readyz(request: Request) -> JSONResponse:
+    """Readiness: can this instance serve a regeneration now? 200 when it can, 503 when it cannot.
+
+    Upstream mode reports the circuit breaker (not ready while it is open) and the call queue;
+    the local engine reports whether its store answers.
+    """
+    backend: Backend = request.app.state.backend
+    report: dict[str, object] = {"backend": backend.name}
+    if isinstance(backend, UpstreamClient):
+        report.update(backend.readiness())
+    elif isinstance(backend, CredentialEngine):
+        reachable = await _store_reachable(backend.store)
+        report.update(ready=reachable, store="reachable" if reachable else "unreachable")
+    ready = report.pop("ready", True)
+    return JSONResponse(
+        {"status": "ready" if ready else "unavailable", **report},
+        status_code=200 if ready else 503,
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+async def _store_reachable(store: Store) -> bool:
+    try:
+        with anyio.fail_after(5):
+            async with store.engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+    except (SQLAlchemyError, OSError, TimeoutError):
+        log.warning("readiness: the store did not answer", exc_info=True)
+        return False
+    return True
+
+
+async def open_backend(settings: Settings, store: Store, resources: AsyncExitStack) -> Backend:
+    """The backend the settings choose. What it opens (the upstream's HTTP client) goes on
+    `resources`, which the lifespan closes."""
+    if settings.backend == "upstream":
+        http = await resources.enter_async_context(upstream_http_client(settings))
+        return UpstreamClient.from_settings(settings, http)
+    return CredentialEngine(
+        store,
+        otp_ttl=timedelta(seconds=settings.otp_ttl_seconds),
+        kdf_cost=settings.kdf_cost,
+        lockout_after=settings.bootstrap_lockout_attempts,
+    )
 
 
 def create_app(settings: Settings, *, backend: Backend | None = None) -> Starlette:
@@ -93,25 +140,33 @@ def create_app(settings: Settings, *, backend: Backend | None = None) -> Starlet
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        store = None
         app.state.settings = settings
-        if backend is not None:
-            app.state.backend = backend
-        else:
-            app.state.backend, store = await open_backend(settings)
-        try:
+        async with AsyncExitStack() as resources:
+            app.state.authenticator = await open_authenticator(settings, resources)
+            # The store serves every backend: the engine's registry, and the audit trail and rate limits.
+            store = await Store.open(settings.store_url, schema=settings.database_schema)
+            resources.push_async_callback(store.close)
+            chosen = backend if backend is not None else await open_backend(settings, store, resources)
+            app.state.backend = chosen
+            app.state.engine = chosen if isinstance(chosen, CredentialEngine) else None
+            app.state.audit = AuditTrail(store)
+            app.state.service = RegenerationService(
+                chosen, app.state.audit, RateLimiter(store, utc_now), Policy.from_settings(settings)
+            )
             yield
-        finally:
-            if store is not None:
-                await store.close()
 
-    graphql = GraphQLView(schema, graphql_ide="graphiql")
+    graphql = GraphQLView(build_schema(settings), settings=settings)
     routes = [
         Route("/graphql", graphql, methods=["GET", "POST"]),
         Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
         *rest.routes,
+        *bootstrap.routes,
     ]
     app = Starlette(routes=routes, lifespan=lifespan)
+    # Outermost last: request id, then the body-size limit, then bearer authentication.
+    app.add_middleware(AuthenticationMiddleware, enabled=not settings.insecure_disable_auth)
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestIdMiddleware)
     return app
 

@@ -1,16 +1,20 @@
-"""The `gateway` command: serve, seed, export-schema."""
+"""The `gateway` command: serve, seed, audit, token, export-schema."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import sys
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 
 from gateway import __version__
+from gateway.audit import AuditTrail
+from gateway.auth import development_token, serve_hint
 from gateway.engine.registry import DEMO_REGISTRY, Registry, RegistryError, load_registry
 from gateway.engine.store import Store
 from gateway.settings import Settings, SettingsError
@@ -60,7 +64,9 @@ def serve(settings: Settings, workers: int) -> int:
         where = settings.database_url or settings.store_url
         print(f"Local credential engine, store: {where}" + (" (demo data loaded)" if loaded else ""))
     base = f"http://{settings.host}:{settings.port}"
-    print(f"GraphiQL: {base}/graphql    REST: {base}/ec-ors-svc/rest/v1.0/…    health: {base}/healthz")
+    ide = "GraphQL (GraphiQL off in production)" if settings.production else "GraphiQL"
+    print(f"{ide}: {base}/graphql    REST: {base}/ec-ors-svc/rest/v1.0/…    health: {base}/healthz")
+    print(serve_hint(settings))
     if settings.backend == "local" and settings.demo_data:
         print("Paste this into GraphiQL (the demo data set answers it):\n")
         print(SAMPLE_MUTATION + "\n", flush=True)
@@ -82,6 +88,41 @@ def seed(settings: Settings, path: Path) -> int:
         f"Seeded {len(registry.studies)} studies, {len(registry.subjects)} subjects and "
         f"{len(registry.devices)} devices into {settings.database_url or settings.store_url}"
     )
+    return 0
+
+
+async def audit(settings: Settings, action: str, output: Path | None) -> int:
+    store = await Store.open(settings.store_url, schema=settings.database_schema)
+    try:
+        trail = AuditTrail(store)
+        if action == "verify":
+            seq, problem = await trail.verify()
+            if problem is not None:
+                print(f"audit trail BROKEN at row {seq}: {problem}", file=sys.stderr)
+                return 1
+            print(f"audit trail intact: {seq} rows")
+            return 0
+        with output.open("w", encoding="utf-8") if output else nullcontext(sys.stdout) as sink:
+            async for record in trail.records():
+                sink.write(json.dumps(record.to_json(), sort_keys=True) + "\n")
+        return 0
+    finally:
+        await store.close()
+
+
+def token(settings: Settings, study: str, mode: str, ttl: int, subject: str) -> int:
+    """Print a development token (stdout: the token alone, so that it can be captured)."""
+    if settings.production:
+        raise SettingsError("development tokens are refused when GATEWAY_PRODUCTION=true")
+    if not 60 <= ttl <= 7 * 24 * 60 * 60:
+        raise SettingsError("--ttl must be between 60 and 604800 seconds")
+    try:
+        minted = development_token(settings, study=study, mode=mode, ttl_seconds=ttl, subject=subject)
+    except ValueError as error:
+        raise SettingsError(str(error)) from None
+    print(minted)
+    header = json.dumps({"Authorization": f"Bearer {minted}"})
+    print(f"Valid {ttl} s. For GraphiQL's Headers pane:\n{header}", file=sys.stderr)
     return 0
 
 
@@ -109,6 +150,16 @@ def _parser() -> argparse.ArgumentParser:
     serve_cmd.add_argument("--workers", type=int, default=1, help="worker processes (default: 1)")
     seed_cmd = commands.add_parser("seed", help="load (upsert) a registry file into the local store")
     seed_cmd.add_argument("file", type=Path, help="registry file (JSON)")
+    audit_cmd = commands.add_parser("audit", help="check or export the audit trail")
+    audit_actions = audit_cmd.add_subparsers(dest="audit_action", required=True)
+    audit_actions.add_parser("verify", help="check the hash chain; exit 1 at the first broken link")
+    audit_export = audit_actions.add_parser("export", help="write every row as JSON lines")
+    audit_export.add_argument("--output", type=Path, help="file to write (default: standard output)")
+    token_cmd = commands.add_parser("token", help="print a development bearer token (DeviceActionsPost)")
+    token_cmd.add_argument("--study", required=True, help="study id (32 hex characters) or '*' for every study")
+    token_cmd.add_argument("--mode", required=True, help="active, test, training or '*' for every mode")
+    token_cmd.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds (default: 3600)")
+    token_cmd.add_argument("--subject", default="developer", help="the token's sub claim (default: developer)")
     export_cmd = commands.add_parser("export-schema", help="write the GraphQL schema (SDL)")
     export_cmd.add_argument("--check", action="store_true", help="exit 1 when the file differs from the code")
     export_cmd.add_argument("--path", type=Path, default=SCHEMA_FILE, help="file to write (default: schema.graphql)")
@@ -123,6 +174,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = Settings.from_env()
         if args.command == "seed":
             return seed(settings, args.file)
+        if args.command == "audit":
+            return asyncio.run(audit(settings, args.audit_action, getattr(args, "output", None)))
+        if args.command == "token":
+            return token(settings, args.study, args.mode, args.ttl, args.subject)
         overrides = {"host": args.host, "port": args.port}
         settings = replace(settings, **{k: v for k, v in overrides.items() if v is not None})
         if args.workers < 1:

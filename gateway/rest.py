@@ -14,7 +14,8 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from gateway.callers import caller_of
-from gateway.domain import Backend, DeviceRef, InvalidInput, Refusal, parse_mode
+from gateway.domain import Refusal
+from gateway.service import DeviceRequest, RegenerationService
 
 ACCESS_CODE_PATH = (
     "/ec-ors-svc/rest/v1.0/studies/{studyId}/{mode}/subjects/{subjectId}/devices/{inventoryId}/access-code"
@@ -48,25 +49,23 @@ def error_response(refusal: Refusal) -> JSONResponse:
     return JSONResponse(error_body(refusal), status_code=refusal.cause.http_status, headers=headers)
 
 
-def _ref(request: Request) -> DeviceRef:
+def _request(request: Request) -> DeviceRequest:
     params = request.path_params
     m_subject_ids = request.query_params.getlist("mSubjectId")
-    if len(m_subject_ids) != 1:
-        raise InvalidInput("mSubjectId", "exactly one mSubjectId query parameter is required")
-    return DeviceRef.parse(
+    return DeviceRequest(
         study_id=params["studyId"],
-        mode=parse_mode(params["mode"]),
+        mode=params["mode"],
         subject_id=params["subjectId"],
         inventory_id=params["inventoryId"],
-        m_subject_id=m_subject_ids[0],
+        # Absent or repeated: refused as an empty value, naming the field.
+        m_subject_id=m_subject_ids[0] if len(m_subject_ids) == 1 else "",
     )
 
 
 async def regenerate_access_code(request: Request) -> JSONResponse:
-    backend: Backend = request.app.state.backend
-    caller = caller_of(request)
+    service: RegenerationService = request.app.state.service
     try:
-        credentials = await backend.regenerate(_ref(request), caller)
+        credentials = await service.regenerate(_request(request), caller_of(request))
     except Refusal as refusal:
         return error_response(refusal)
     return JSONResponse(

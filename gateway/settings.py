@@ -106,6 +106,31 @@ def _file(name: str, raw: str) -> str:
     return value
 
 
+def _secret(name: str, raw: str) -> str:
+    value = raw.strip()
+    if value and len(value) < 32:
+        raise SettingsError(f"{name} must be at least 32 characters long")
+    return value
+
+
+_ASYMMETRIC = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")
+_TOKEN_ALGORITHMS = {name.lower(): name for name in (*_ASYMMETRIC, "HS256", "HS384", "HS512")}
+
+
+def _algorithms(name: str, raw: str) -> tuple[str, ...]:
+    chosen: list[str] = []
+    for item in raw.split(","):
+        key = item.strip().lower()
+        if not key:
+            continue
+        if key == "none":
+            raise SettingsError(f"{name} must not allow 'none': unsigned tokens are never accepted")
+        if key not in _TOKEN_ALGORITHMS:
+            raise SettingsError(f"{name}: {item.strip()!r} is not one of {', '.join(_TOKEN_ALGORITHMS.values())}")
+        chosen.append(_TOKEN_ALGORITHMS[key])
+    return tuple(dict.fromkeys(chosen))
+
+
 @dataclass(frozen=True)
 class Settings:
     """The gateway's configuration. Field `x` is read from `GATEWAY_X`."""
@@ -125,6 +150,14 @@ class Settings:
     demo_data: bool = True
     """`gateway serve` loads the demo registry into an empty local store."""
     log_level: str = "info"
+    # Abuse limits (gateway/limits.py, gateway/engine/rules.py); kept in the store, so shared by replicas.
+    rate_limit_device: int = 5
+    """Regenerations of one device per window (0: no limit)."""
+    rate_limit_caller: int = 60
+    """Regenerations by one caller (token subject) per window (0: no limit)."""
+    rate_limit_window_seconds: int = 900
+    bootstrap_lockout_attempts: int = 10
+    """Consecutive wrong OTPs that lock a pair until it is regenerated."""
     # Upstream mode (GATEWAY_BACKEND=upstream): gateway/upstream/.
     upstream_connect_timeout_seconds: float = 5.0
     upstream_read_timeout_seconds: float = 120.0
@@ -133,6 +166,9 @@ class Settings:
     upstream_pool_timeout_seconds: float = 5.0
     upstream_max_connections: int = 64
     upstream_max_keepalive_connections: int = 32
+    upstream_keepalive_expiry_seconds: float = 4.0
+    """Drop idle pooled connections before the upstream does: a request sent on a connection the
+    server is closing may have arrived, so it could not be resent."""
     upstream_max_concurrency: int = 32
     """Upstream calls in flight at once; the rest wait (up to the queue timeout) for a turn."""
     upstream_queue_timeout_seconds: float = 10.0
@@ -151,6 +187,38 @@ class Settings:
     upstream_client_id: str = ""
     upstream_client_secret: str = field(default="", repr=False)
     upstream_scope: str = ""
+    # Authentication (gateway/auth.py) and GraphQL hardening (gateway/hardening.py, gateway/api/).
+    auth_jwks_url: str = ""
+    """The identity provider's JWKS: tokens are checked against its keys, chosen by `kid`."""
+    auth_hs256_secret: str = field(default="", repr=False)
+    """A shared HS256 secret instead of a JWKS. With neither (and not in production): a development
+    secret kept in `data_dir`, the one `gateway token` signs with."""
+    auth_issuer: str = "clinical-one-gateway-dev"
+    auth_audience: str = "clinical-one-gateway"
+    auth_algorithms: tuple[str, ...] = ()
+    """Allow-list of token algorithms; empty: RS256 and ES256 with a JWKS, HS256 with a secret. Never `none`."""
+    auth_leeway_seconds: int = 30
+    auth_jwks_cache_seconds: int = 300
+    """Keys older than this are refetched; an unknown `kid` refetches at most once a minute."""
+    auth_jwks_timeout_seconds: float = 5.0
+    insecure_disable_auth: bool = False
+    """Let every caller in, unauthenticated (development only; refused with GATEWAY_PRODUCTION)."""
+    production: bool = False
+    """Introspection and GraphiQL off; refuses GATEWAY_INSECURE_DISABLE_AUTH and the development secret."""
+    graphql_max_depth: int = 10
+    graphql_max_aliases: int = 15
+    """Aliases in one document, those inside fragments included."""
+    graphql_max_tokens: int = 1000
+    max_body_bytes: int = 64 * 1024
+    """Largest request body on any route; larger ones get 413."""
+    trusted_documents: str = ""
+    """JSON file of sha256 -> GraphQL document: when set, only those documents are executed."""
+
+    @property
+    def allowed_auth_algorithms(self) -> tuple[str, ...]:
+        if self.auth_algorithms:
+            return self.auth_algorithms
+        return ("RS256", "ES256") if self.auth_jwks_url else ("HS256",)
 
     @property
     def store_url(self) -> str:
@@ -183,9 +251,33 @@ class Settings:
         if self.upstream_auth == "client-credentials":
             for name in ("upstream_token_url", "upstream_client_id", "upstream_client_secret"):
                 if not getattr(self, name):
-                    raise SettingsError(f"GATEWAY_{name.upper()} is required when GATEWAY_UPSTREAM_AUTH=client-credentials")
+                    variable = f"GATEWAY_{name.upper()}"
+                    raise SettingsError(f"{variable} is required when GATEWAY_UPSTREAM_AUTH=client-credentials")
         if self.upstream_max_concurrency > self.upstream_max_connections:
             raise SettingsError("GATEWAY_UPSTREAM_MAX_CONCURRENCY must not exceed GATEWAY_UPSTREAM_MAX_CONNECTIONS")
+        self._check_auth()
+
+    def _check_auth(self) -> None:
+        if not self.auth_issuer or not self.auth_audience:
+            raise SettingsError("GATEWAY_AUTH_ISSUER and GATEWAY_AUTH_AUDIENCE must not be empty")
+        if self.auth_jwks_url and self.auth_hs256_secret:
+            raise SettingsError("set GATEWAY_AUTH_JWKS_URL or GATEWAY_AUTH_HS256_SECRET, not both")
+        symmetric = {name for name in self.allowed_auth_algorithms if name.startswith("HS")}
+        if self.auth_jwks_url and symmetric:
+            raise SettingsError("GATEWAY_AUTH_ALGORITHMS must not list HS* algorithms with GATEWAY_AUTH_JWKS_URL")
+        if not self.auth_jwks_url and symmetric != set(self.allowed_auth_algorithms):
+            raise SettingsError("GATEWAY_AUTH_ALGORITHMS may list only HS* algorithms without GATEWAY_AUTH_JWKS_URL")
+        if self.production:
+            if self.insecure_disable_auth:
+                raise SettingsError("GATEWAY_INSECURE_DISABLE_AUTH=true is refused when GATEWAY_PRODUCTION=true")
+            if not (self.auth_jwks_url or self.auth_hs256_secret):
+                raise SettingsError(
+                    "GATEWAY_PRODUCTION=true needs GATEWAY_AUTH_JWKS_URL (or GATEWAY_AUTH_HS256_SECRET): "
+                    "the development secret file is refused in production"
+                )
+            jwks = urlsplit(self.auth_jwks_url)
+            if jwks.scheme == "http" and jwks.hostname not in {"127.0.0.1", "localhost", "::1"}:
+                raise SettingsError("GATEWAY_AUTH_JWKS_URL must use https when GATEWAY_PRODUCTION=true")
 
 
 _PARSERS: dict[str, Callable[[str, str], object]] = {
@@ -200,12 +292,17 @@ _PARSERS: dict[str, Callable[[str, str], object]] = {
     "kdf_cost": _integer(4, 20),
     "demo_data": _boolean,
     "log_level": _choice("debug", "info", "warning", "error"),
+    "rate_limit_device": _integer(0, 1_000_000),
+    "rate_limit_caller": _integer(0, 1_000_000),
+    "rate_limit_window_seconds": _integer(1, 7 * 24 * 60 * 60),
+    "bootstrap_lockout_attempts": _integer(1, 1000),
     "upstream_connect_timeout_seconds": _number(0.01, 600),
     "upstream_read_timeout_seconds": _number(0.01, 3600),
     "upstream_write_timeout_seconds": _number(0.01, 600),
     "upstream_pool_timeout_seconds": _number(0.01, 600),
     "upstream_max_connections": _integer(1, 10_000),
     "upstream_max_keepalive_connections": _integer(0, 10_000),
+    "upstream_keepalive_expiry_seconds": _number(0, 600),
     "upstream_max_concurrency": _integer(1, 10_000),
     "upstream_queue_timeout_seconds": _number(0, 600),
     "upstream_breaker_failure_threshold": _integer(1, 1000),
@@ -218,4 +315,19 @@ _PARSERS: dict[str, Callable[[str, str], object]] = {
     "upstream_client_id": _text,
     "upstream_client_secret": _text,
     "upstream_scope": _text,
+    "auth_jwks_url": _endpoint_url,
+    "auth_hs256_secret": _secret,
+    "auth_issuer": _text,
+    "auth_audience": _text,
+    "auth_algorithms": _algorithms,
+    "auth_leeway_seconds": _integer(0, 300),
+    "auth_jwks_cache_seconds": _integer(60, 24 * 60 * 60),
+    "auth_jwks_timeout_seconds": _number(0.1, 60),
+    "insecure_disable_auth": _boolean,
+    "production": _boolean,
+    "graphql_max_depth": _integer(2, 100),
+    "graphql_max_aliases": _integer(0, 1000),
+    "graphql_max_tokens": _integer(100, 100_000),
+    "max_body_bytes": _integer(1024, 100 * 1024 * 1024),
+    "trusted_documents": _file,
 }

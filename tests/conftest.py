@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -22,6 +22,8 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from gateway.app import create_app
+from gateway.auth import mint_token
+from gateway.domain import DEVICE_ACTIONS_POST
 from gateway.engine.registry import DEMO_REGISTRY, load_registry
 from gateway.engine.rules import CredentialEngine
 from gateway.engine.store import Store
@@ -30,6 +32,7 @@ from tests.utils import run_server
 
 POSTGRES_URL = os.environ.get("GATEWAY_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
 TEST_KDF_COST = 4  # scrypt N = 16: the hash's shape is what the tests check, not its cost
+TEST_HS256_SECRET = "test-only-hs256-secret-not-for-any-real-gateway"  # an obviously fake value
 
 STUDY = "DE305D5475B4431BADB2EB6B9E546014"
 SUBJECT = "A1B2C3D4E5F60718293A4B5C6D7E8F90"
@@ -126,7 +129,31 @@ def settings(database: Database, tmp_path: Path) -> Settings:
         database_schema=database.schema,
         data_dir=str(tmp_path),
         kdf_cost=TEST_KDF_COST,
+        auth_hs256_secret=TEST_HS256_SECRET,
     )
+
+
+ALL_RIGHTS: dict[str, dict[str, list[str]]] = {"*": {"*": [DEVICE_ACTIONS_POST]}}
+
+
+def bearer(
+    settings: Settings,
+    rights: Mapping[str, Mapping[str, Collection[str]]] | None = None,
+    *,
+    subject: str = "test-user",
+    ttl_seconds: int = 600,
+) -> str:
+    """An `Authorization` header value the gateway under `settings` accepts: a token signed with
+    the test secret, granting `rights` (default: DeviceActionsPost for every study and mode)."""
+    token = mint_token(
+        TEST_HS256_SECRET.encode(),
+        issuer=settings.auth_issuer,
+        audience=settings.auth_audience,
+        subject=subject,
+        rights=ALL_RIGHTS if rights is None else rights,
+        ttl_seconds=ttl_seconds,
+    )
+    return f"Bearer {token}"
 
 
 @pytest.fixture
@@ -140,8 +167,10 @@ async def gateway_url(settings: Settings) -> AsyncIterator[str]:
 
 
 @pytest.fixture
-async def client(gateway_url: str) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=gateway_url, timeout=10) as client:
+async def client(gateway_url: str, settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client of the served gateway, sending a token with every right (see `bearer`)."""
+    headers = {"Authorization": bearer(settings)}
+    async with httpx.AsyncClient(base_url=gateway_url, timeout=10, headers=headers) as client:
         yield client
 
 

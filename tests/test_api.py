@@ -17,7 +17,7 @@ from gateway.app import create_app
 from gateway.domain import CAUSES, Backend, Caller, Credentials, DeviceRef, ErrorCode
 from gateway.engine.store import credentials
 from gateway.settings import Settings
-from tests.conftest import READY_DEVICE, SUBJECT, regenerate, rest_path
+from tests.conftest import READY_DEVICE, SUBJECT, bearer, regenerate, rest_path
 from tests.utils import run_server
 
 pytestmark = pytest.mark.anyio
@@ -205,7 +205,11 @@ async def test_unexpected_exceptions_are_masked_and_logged(
     settings: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:
     backend: Backend = ExplodingBackend()
-    async with run_server(create_app(settings, backend=backend)) as url, httpx.AsyncClient(base_url=url) as client:
+    headers = {"Authorization": bearer(settings)}
+    async with (
+        run_server(create_app(settings, backend=backend)) as url,
+        httpx.AsyncClient(base_url=url, headers=headers) as client,
+    ):
         with caplog.at_level(logging.ERROR, logger="gateway"):
             response = await client.post(
                 "/graphql",

@@ -72,8 +72,20 @@ def serving(env: dict[str, str], port: int) -> Iterator[Served]:
         served.output, _ = process.communicate(timeout=20)
 
 
-def mutate(port: int) -> dict[str, str]:
-    response = httpx.post(f"http://127.0.0.1:{port}/graphql", json={"query": SAMPLE_MUTATION}, timeout=10)
+def dev_token(env: dict[str, str]) -> str:
+    """What a new user does first: `gateway token`, signed with the data folder's development secret."""
+    made = gateway("token", "--study", "*", "--mode", "*", env=env)
+    assert made.returncode == 0, made.stderr
+    return made.stdout.strip()
+
+
+def mutate(port: int, token: str) -> dict[str, str]:
+    response = httpx.post(
+        f"http://127.0.0.1:{port}/graphql",
+        json={"query": SAMPLE_MUTATION},
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=10,
+    )
     result: dict[str, str] = response.json()["data"]["regenerateAccessCode"]
     return result
 
@@ -93,18 +105,22 @@ def pair_works(env: dict[str, str], pair: dict[str, str]) -> bool:
 
 def test_serve_loads_demo_data_prints_a_working_mutation_and_persists(env: dict[str, str]) -> None:
     port = free_port()
+    token = dev_token(env)
     with serving(env, port) as served:
-        first = mutate(port)
+        assert httpx.post(f"http://127.0.0.1:{port}/graphql", json={"query": SAMPLE_MUTATION}).status_code == 401
+        first = mutate(port, token)
     output = served.output
     assert first["__typename"] == "BootstrapCredentials"
     assert "demo data loaded" in output
+    assert "gateway token --study" in output
+    assert token not in output
     assert f"http://127.0.0.1:{port}/graphql" in output
     assert SAMPLE_MUTATION in output
 
     # Stopped: the pair is in the file. Restarted on it: the data survived, demo data not reloaded.
     assert pair_works(env, first)
     with serving(env, port) as served:
-        second = mutate(port)
+        second = mutate(port, token)
     output = served.output
     assert "demo data loaded" not in output
     assert second["__typename"] == "BootstrapCredentials"

@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 
 from gateway.domain import Caller, Credentials, DeviceRef, ErrorCode, Refusal, StudyMode
 from gateway.engine import codes
-from gateway.engine.rules import CredentialEngine
+from gateway.engine.rules import BootstrapOutcome, CredentialEngine
 from gateway.engine.store import Store, credentials
 from tests.conftest import OTHER_SUBJECT, READY_DEVICE, STUDY, SUBJECT, Clock
 
@@ -118,7 +118,7 @@ async def test_expiry_follows_the_injected_clock(engine: CredentialEngine, clock
     assert await engine.verify(issued.access_id, issued.otp)
     clock.advance(timedelta(seconds=1))
     assert not await engine.verify(issued.access_id, issued.otp)
-    assert not await engine.redeem(issued.access_id, issued.otp)
+    assert (await engine.bootstrap(issued.access_id, issued.otp)).outcome is BootstrapOutcome.EXPIRED
 
 
 async def test_the_lifetime_is_a_setting(store: Store, clock: Clock) -> None:
@@ -129,9 +129,9 @@ async def test_the_lifetime_is_a_setting(store: Store, clock: Clock) -> None:
 
 async def test_an_otp_works_once(engine: CredentialEngine) -> None:
     issued = await engine.regenerate(ref(), CALLER)
-    assert not await engine.redeem(issued.access_id, "WRONGOTP")
-    assert await engine.redeem(issued.access_id, issued.otp)
-    assert not await engine.redeem(issued.access_id, issued.otp)
+    assert (await engine.bootstrap(issued.access_id, "WRONGOTP")).outcome is BootstrapOutcome.WRONG_OTP
+    assert (await engine.bootstrap(issued.access_id, issued.otp)).outcome is BootstrapOutcome.BOOTSTRAPPED
+    assert (await engine.bootstrap(issued.access_id, issued.otp)).outcome is BootstrapOutcome.ALREADY_BOOTSTRAPPED
     assert not await engine.verify(issued.access_id, issued.otp)
 
 

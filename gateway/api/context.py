@@ -1,4 +1,4 @@
-"""What every resolver receives: the backend that serves and who is asking."""
+"""What every resolver receives: the regeneration service (and its backend) and who is asking."""
 
 from __future__ import annotations
 
@@ -6,13 +6,14 @@ from dataclasses import dataclass
 
 from strawberry.types import Info as StrawberryInfo
 
-from gateway.domain import Backend, Caller
+from gateway.domain import Caller
+from gateway.service import RegenerationService
 from gateway.settings import Settings
 
 
 @dataclass(frozen=True)
 class Context:
-    backend: Backend
+    service: RegenerationService
     caller: Caller
     settings: Settings
 

@@ -1,16 +1,23 @@
 """The GraphQL schema: `Query.gateway` and `Mutation.regenerateAccessCode`.
 
-Resolvers are thin: parse the input into a `DeviceRef`, ask the backend, render the outcome.
+Resolvers are thin: hand the input to the regeneration service, render the outcome.
 Expected failures are union members; anything else is masked and logged with the request id.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import strawberry
 from graphql import GraphQLError
-from strawberry.extensions import MaskErrors
+from strawberry.extensions import (
+    DisableIntrospection,
+    MaskErrors,
+    MaxAliasesLimiter,
+    MaxTokensLimiter,
+    SchemaExtension,
+)
 from strawberry.types import ExecutionContext
 
 from gateway import __version__
@@ -24,6 +31,8 @@ from gateway.api.types import (
     render_refusal,
 )
 from gateway.domain import Refusal
+from gateway.hardening import HideSuggestions, QueryDepthLimit
+from gateway.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -33,10 +42,11 @@ class Query:
     @strawberry.field(description="The gateway's version and which backend serves it.")
     def gateway(self, info: Info) -> GatewayInfo:
         settings = info.context.settings
-        local = info.context.backend.name == "local"
+        backend = info.context.service.backend
+        local = backend.name == "local"
         return GatewayInfo(
             version=__version__,
-            backend=BackendKind(info.context.backend.name),
+            backend=BackendKind(backend.name),
             otp_lifetime_seconds=settings.otp_ttl_seconds if local else None,
         )
 
@@ -51,8 +61,7 @@ class Mutation:
     )
     async def regenerate_access_code(self, info: Info, input: RegenerateAccessCodeInput) -> RegenerateAccessCodeResult:
         try:
-            ref = input.to_ref()
-            credentials = await info.context.backend.regenerate(ref, info.context.caller)
+            credentials = await info.context.service.regenerate(input.to_request(), info.context.caller)
         except Refusal as refusal:
             return render_refusal(refusal)  # type: ignore[return-value]
         return BootstrapCredentials.from_domain(credentials)
@@ -78,13 +87,24 @@ class GatewaySchema(strawberry.Schema):
                 log.debug("GraphQL request error (request %s): %s", request_id, error.message)
 
 
-schema = GatewaySchema(
-    query=Query,
-    mutation=Mutation,
-    extensions=[
+def build_schema(settings: Settings | None = None) -> GatewaySchema:
+    """The schema with the settings' limits: query depth, aliases (those in fragments counted),
+    tokens; suggestions hidden; introspection off in production. The SDL never depends on them."""
+    limits = settings or Settings()
+    extensions: list[Callable[[], SchemaExtension]] = [
         lambda: MaskErrors(
             should_mask_error=_is_unexpected,
             error_message="Unexpected error. Quote the X-Request-ID response header when reporting it.",
-        )
-    ],
-)
+        ),
+        lambda: QueryDepthLimit(max_depth=limits.graphql_max_depth),
+        lambda: MaxAliasesLimiter(max_alias_count=limits.graphql_max_aliases),
+        lambda: MaxTokensLimiter(max_token_count=limits.graphql_max_tokens),
+        HideSuggestions,
+    ]
+    if limits.production:
+        extensions.append(DisableIntrospection)
+    return GatewaySchema(query=Query, mutation=Mutation, extensions=extensions)
+
+
+schema = build_schema()
+"""The schema with default settings: what `gateway export-schema` writes."""

@@ -15,6 +15,7 @@ import strawberry
 
 from gateway import domain
 from gateway.domain import CAUSES, Credentials, Refusal
+from gateway.service import DeviceRequest
 
 # The domain's enums are the GraphQL enums: registered here, annotated by their domain names.
 strawberry.enum(
@@ -45,11 +46,10 @@ class RegenerateAccessCodeInput:
         name="mSubjectId", description="The subject's id in mHealth, for example MSUBJECT-001."
     )
 
-    def to_ref(self) -> domain.DeviceRef:
-        """Validate and normalise; raises `InvalidInput` naming the field."""
-        return domain.DeviceRef.parse(
+    def to_request(self) -> DeviceRequest:
+        return DeviceRequest(
             study_id=self.study_id,
-            mode=self.mode,
+            mode=self.mode.value,
             subject_id=self.subject_id,
             inventory_id=self.inventory_id,
             m_subject_id=self.m_subject_id,

@@ -8,8 +8,10 @@ that still hold.
 
 from __future__ import annotations
 
+import enum
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
@@ -66,6 +68,24 @@ def judge(ref: DeviceRef, facts: DeviceFacts) -> ErrorCode | None:
     return None
 
 
+class BootstrapOutcome(enum.Enum):
+    """What a device's bootstrap attempt came to (also its audit outcome)."""
+
+    BOOTSTRAPPED = "SUCCESS"
+    UNKNOWN_ACCESS_ID = "UNKNOWN_ACCESS_ID"
+    WRONG_OTP = "WRONG_OTP"
+    EXPIRED = "EXPIRED"
+    LOCKED = "LOCKED"
+    ALREADY_BOOTSTRAPPED = "ALREADY_BOOTSTRAPPED"
+
+
+@dataclass(frozen=True)
+class Bootstrap:
+    outcome: BootstrapOutcome
+    pair: StoredPair | None = None
+    instance_id: str | None = None
+
+
 class CredentialEngine:
     """The `Backend` that issues credentials itself, from the registry in its store."""
 
@@ -73,9 +93,16 @@ class CredentialEngine:
     _ACCESS_ID_ATTEMPTS = 5
 
     def __init__(
-        self, store: Store, *, otp_ttl: timedelta = timedelta(hours=24), kdf_cost: int = 14, clock: Clock = utc_now
+        self,
+        store: Store,
+        *,
+        otp_ttl: timedelta = timedelta(hours=24),
+        kdf_cost: int = 14,
+        lockout_after: int = 10,
+        clock: Clock = utc_now,
     ) -> None:
         self.store = store
+        self.lockout_after = lockout_after
         self.otp_ttl = otp_ttl
         self.kdf_cost = kdf_cost
         self.clock = clock
@@ -118,20 +145,41 @@ class CredentialEngine:
         raise Refusal(ErrorCode.INTERNAL_SERVER_ERROR)
 
     async def verify(self, access_id: str, otp: str) -> bool:
-        """True when (access_id, otp) is a device's current, unexpired, unused pair. Spends nothing."""
-        return await self._valid_pair(access_id, otp) is not None
+        """True when (access_id, otp) is a device's current pair, unexpired, unused and unlocked.
 
-    async def redeem(self, access_id: str, otp: str) -> bool:
-        """Spend the pair: true once for a current, unexpired pair, false ever after."""
-        pair = await self._valid_pair(access_id, otp)
-        if pair is None:
-            return False
-        async with self.store.transaction() as tx:
-            return await tx.mark_used(pair, self.clock())
-
-    async def _valid_pair(self, access_id: str, otp: str) -> StoredPair | None:
+        Spends nothing and counts nothing: a check for tests and tools, not for devices.
+        """
         async with self.store.transaction() as tx:
             pair = await tx.pair(access_id)
-        if pair is None or pair.used_at is not None or self.clock() >= pair.expires_at:
-            return None
-        return pair if await codes.verify_otp_async(otp, pair.otp_hash) else None
+        if pair is None or pair.used_at or pair.locked_at or self.clock() >= pair.expires_at:
+            return False
+        return await codes.verify_otp_async(otp, pair.otp_hash)
+
+    async def bootstrap(self, access_id: str, otp: str) -> Bootstrap:
+        """The device side: spend (access_id, otp) once, counting wrong OTPs toward a lockout.
+
+        Checks, in order: the access id is a current pair; the pair is not locked; not expired;
+        the OTP matches (else one more failure, and a lock at `lockout_after`); not yet used.
+        """
+        async with self.store.transaction() as tx:
+            pair = await tx.pair(access_id)
+        if pair is None:
+            return Bootstrap(BootstrapOutcome.UNKNOWN_ACCESS_ID)
+        now = self.clock()
+        if pair.locked_at is not None:
+            return Bootstrap(BootstrapOutcome.LOCKED, pair)
+        if now >= pair.expires_at:
+            return Bootstrap(BootstrapOutcome.EXPIRED, pair)
+        if not await codes.verify_otp_async(otp, pair.otp_hash):
+            async with self.store.transaction() as tx:
+                locked = await tx.record_failure(pair, now, self.lockout_after)
+            return Bootstrap(BootstrapOutcome.LOCKED if locked else BootstrapOutcome.WRONG_OTP, pair)
+        if pair.used_at is not None:
+            return Bootstrap(BootstrapOutcome.ALREADY_BOOTSTRAPPED, pair)
+        async with self.store.transaction() as tx:
+            spent = await tx.mark_used(pair, now)
+            instance_id = await tx.instance_id(pair) if spent else None
+        if not spent:
+            # Another attempt spent it (or the lock fell) between our read and our write.
+            return Bootstrap(BootstrapOutcome.ALREADY_BOOTSTRAPPED, pair)
+        return Bootstrap(BootstrapOutcome.BOOTSTRAPPED, pair, instance_id)

@@ -16,11 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     Column,
     DateTime,
     Enum,
     ForeignKeyConstraint,
+    Integer,
     MetaData,
     String,
     Table,
@@ -105,9 +107,50 @@ credentials = Table(
     Column("issued_at", UTCDateTime, nullable=False),
     Column("expires_at", UTCDateTime, nullable=False),
     Column("used_at", UTCDateTime, nullable=True),
+    Column("failed_attempts", Integer, nullable=False, default=0),
+    Column("locked_at", UTCDateTime, nullable=True),
     ForeignKeyConstraint(
         ["study_id", "mode", "inventory_id"], ["devices.study_id", "devices.mode", "devices.inventory_id"]
     ),
+)
+
+# Gateway-wide tables, for every backend: the audit trail and the rate-limit counters.
+
+# One row per attempt, never updated or deleted. `hash` chains each row to the one before it.
+audit_events = Table(
+    "audit_events",
+    metadata,
+    Column("seq", BigInteger, primary_key=True, autoincrement=False),
+    Column("at", UTCDateTime, nullable=False),
+    Column("action", String(32), nullable=False),
+    Column("outcome", String(64), nullable=False),
+    Column("request_id", String(64), nullable=False),
+    Column("caller", String(255), nullable=True),
+    Column("client_id", String(255), nullable=True),
+    Column("study_id", String(100), nullable=True),
+    Column("mode", String(100), nullable=True),
+    Column("subject_id", String(100), nullable=True),
+    Column("inventory_id", String(100), nullable=True),
+    Column("prev_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),
+)
+
+# The chain's head: one row, locked by each append so that appends from every process line up.
+audit_head = Table(
+    "audit_head",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("seq", BigInteger, nullable=False),
+    Column("hash", String(64), nullable=False),
+)
+
+# Fixed-window counters: one row per limited key (a device, a caller).
+rate_counters = Table(
+    "rate_counters",
+    metadata,
+    Column("key", String(255), primary_key=True),
+    Column("window_start", UTCDateTime, nullable=False),
+    Column("count", Integer, nullable=False),
 )
 
 
@@ -135,6 +178,8 @@ class StoredPair:
     issued_at: datetime
     expires_at: datetime
     used_at: datetime | None
+    failed_attempts: int
+    locked_at: datetime | None
 
 
 class StoreTransaction:
@@ -187,6 +232,8 @@ class StoreTransaction:
             "issued_at": issued_at,
             "expires_at": expires_at,
             "used_at": None,
+            "failed_attempts": 0,
+            "locked_at": None,
         }
         key = {"study_id": ref.study_id, "mode": ref.mode, "inventory_id": ref.inventory_id}
         result = await self.connection.execute(
@@ -200,15 +247,38 @@ class StoreTransaction:
         return None if row is None else StoredPair(**row._mapping)
 
     async def mark_used(self, pair: StoredPair, now: datetime) -> bool:
-        """Spend the pair once: true only for the one caller whose update found it unused."""
+        """Spend the pair once: true only for the one caller whose update found it unused and unlocked."""
         result = await self.connection.execute(
             update(credentials)
             .where(
                 credentials.c.access_id == pair.access_id,
                 credentials.c.otp_hash == pair.otp_hash,
                 credentials.c.used_at.is_(None),
+                credentials.c.locked_at.is_(None),
             )
             .values(used_at=now)
+        )
+        return result.rowcount == 1
+
+    async def instance_id(self, pair: StoredPair) -> str:
+        query = select(devices.c.instance_id).where(
+            devices.c.study_id == pair.study_id,
+            devices.c.mode == pair.mode,
+            devices.c.inventory_id == pair.inventory_id,
+        )
+        instance_id: str = (await self.connection.execute(query)).scalar_one()
+        return instance_id
+
+    async def record_failure(self, pair: StoredPair, now: datetime, lock_after: int) -> bool:
+        """Count a wrong OTP against the pair (atomically); lock it at `lock_after`. True when now locked."""
+        this_pair = (credentials.c.access_id == pair.access_id, credentials.c.otp_hash == pair.otp_hash)
+        await self.connection.execute(
+            update(credentials).where(*this_pair).values(failed_attempts=credentials.c.failed_attempts + 1)
+        )
+        result = await self.connection.execute(
+            update(credentials)
+            .where(*this_pair, credentials.c.failed_attempts >= lock_after, credentials.c.locked_at.is_(None))
+            .values(locked_at=now)
         )
         return result.rowcount == 1
 

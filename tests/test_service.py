@@ -1,0 +1,233 @@
+"""Rights, rate limits and the audit trail around any backend, over SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import replace
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import delete, func, select, update
+
+from gateway.audit import AuditTrail
+from gateway.domain import Caller, Credentials, DeviceRef, ErrorCode, Principal, Refusal
+from gateway.engine.rules import CredentialEngine
+from gateway.engine.store import Store, audit_events
+from gateway.limits import Limit, RateLimiter
+from gateway.service import DeviceRequest, Policy, RegenerationService
+from gateway.settings import Settings
+from tests.conftest import READY_DEVICE, STUDY, SUBJECT, Clock
+
+pytestmark = pytest.mark.anyio
+
+EVERYTHING = Principal("site-user", "site-app", {"*": {"*": frozenset({"DeviceActionsPost"})}})
+
+
+class CountingBackend:
+    """The real engine, with a count of the calls that reach it."""
+
+    def __init__(self, engine: CredentialEngine) -> None:
+        self.engine = engine
+        self.name = engine.name
+        self.calls = 0
+
+    async def regenerate(self, ref: DeviceRef, caller: Caller) -> Credentials:
+        self.calls += 1
+        return await self.engine.regenerate(ref, caller)
+
+
+def request(**overrides: str) -> DeviceRequest:
+    values = {
+        "study_id": STUDY,
+        "mode": "active",
+        "subject_id": SUBJECT,
+        "inventory_id": READY_DEVICE,
+        "m_subject_id": "MSUBJECT-001",
+    }
+    values.update(overrides)
+    return DeviceRequest(**values)
+
+
+def caller(principal: Principal | None = EVERYTHING, request_id: str = "req") -> Caller:
+    return Caller(request_id=request_id, principal=principal)
+
+
+def service(
+    store: Store, engine: CredentialEngine, clock: Clock, *, device: int = 100, per_caller: int = 100
+) -> tuple[RegenerationService, CountingBackend]:
+    backend = CountingBackend(engine)
+    policy = Policy(
+        require_principal=True,
+        device_limit=Limit("device", device, timedelta(minutes=15)),
+        caller_limit=Limit("caller", per_caller, timedelta(minutes=15)),
+    )
+    return RegenerationService(backend, AuditTrail(store), RateLimiter(store, clock), policy, clock), backend
+
+
+async def outcomes(store: Store) -> list[str]:
+    return [record.outcome async for record in AuditTrail(store).records()]
+
+
+async def refusal(svc: RegenerationService, req: DeviceRequest, who: Caller) -> Refusal:
+    with pytest.raises(Refusal) as caught:
+        await svc.regenerate(req, who)
+    return caught.value
+
+
+@pytest.mark.parametrize(
+    "rights",
+    [
+        pytest.param({"0" * 32: {"active": frozenset({"DeviceActionsPost"})}}, id="another-study"),
+        pytest.param({STUDY: {"test": frozenset({"DeviceActionsPost"})}}, id="another-mode"),
+        pytest.param({STUDY: {"active": frozenset({"SubjectsGet"})}}, id="another-right"),
+        pytest.param({}, id="no-rights"),
+    ],
+)
+async def test_without_the_right_nothing_happens_but_one_denied_row(
+    store: Store, engine: CredentialEngine, clock: Clock, rights: dict[str, dict[str, frozenset[str]]]
+) -> None:
+    svc, backend = service(store, engine, clock)
+    denied = await refusal(svc, request(), caller(Principal("someone", None, rights)))
+    assert denied.code is ErrorCode.PERMISSION_DENIED
+    assert backend.calls == 0
+    assert await outcomes(store) == ["PERMISSION_DENIED"]
+
+
+async def test_no_principal_is_denied_unless_auth_is_off(store: Store, engine: CredentialEngine, clock: Clock) -> None:
+    svc, backend = service(store, engine, clock)
+    assert (await refusal(svc, request(), caller(None))).code is ErrorCode.PERMISSION_DENIED
+    auth_off = Policy.from_settings(replace(Settings(), insecure_disable_auth=True))
+    open_policy = RegenerationService(backend, svc.audit, svc.limiter, auth_off, clock)
+    await open_policy.regenerate(request(), caller(None))
+    assert backend.calls == 1
+
+
+@pytest.mark.parametrize(
+    "rights",
+    [
+        pytest.param({STUDY: {"active": frozenset({"DeviceActionsPost"})}}, id="exact"),
+        pytest.param({STUDY: {"*": frozenset({"DeviceActionsPost"})}}, id="any-mode"),
+        pytest.param({"*": {"active": frozenset({"DeviceActionsPost"})}}, id="any-study"),
+    ],
+)
+async def test_the_right_for_this_study_and_mode_is_enough(
+    store: Store, engine: CredentialEngine, clock: Clock, rights: dict[str, dict[str, frozenset[str]]]
+) -> None:
+    svc, _ = service(store, engine, clock)
+    await svc.regenerate(request(study_id=STUDY.lower()), caller(Principal("someone", None, rights)))
+    assert await outcomes(store) == ["SUCCESS"]
+
+
+async def test_device_rate_limit(store: Store, engine: CredentialEngine, clock: Clock) -> None:
+    svc, backend = service(store, engine, clock, device=2)
+    await svc.regenerate(request(), caller())
+    clock.advance(timedelta(minutes=5))
+    await svc.regenerate(request(), caller())
+    limited = await refusal(svc, request(), caller())
+    assert limited.code is ErrorCode.RATE_LIMITED
+    assert limited.retry_after_seconds == 10 * 60
+    assert backend.calls == 2
+    # Another device of the same caller is not held back; the window's end frees this one.
+    await svc.regenerate(request(inventory_id="DEMO-CLOUD-READY"), caller())
+    clock.advance(timedelta(minutes=10))
+    await svc.regenerate(request(), caller())
+    assert backend.calls == 4
+
+
+async def test_caller_rate_limit(store: Store, engine: CredentialEngine, clock: Clock) -> None:
+    svc, _ = service(store, engine, clock, per_caller=2)
+    await svc.regenerate(request(), caller())
+    await svc.regenerate(request(inventory_id="DEMO-CLOUD-READY"), caller())
+    assert (await refusal(svc, request(), caller())).code is ErrorCode.RATE_LIMITED
+    other = Principal("another-user", None, EVERYTHING.rights)
+    await svc.regenerate(request(), caller(other))
+
+
+async def test_limits_hold_across_processes_sharing_the_store(
+    store: Store, engine: CredentialEngine, clock: Clock
+) -> None:
+    """Two services over two separate connections pools to one database count into one limit."""
+    url = store.engine.url.render_as_string(hide_password=False)
+    schema_map = store.engine.get_execution_options().get("schema_translate_map") or {}
+    second_store = await Store.open(url, schema=schema_map.get(None) or "", create=False)
+    try:
+        first, _ = service(store, engine, clock, device=3)
+        second, _ = service(second_store, CredentialEngine(second_store, kdf_cost=4, clock=clock), clock, device=3)
+        await first.regenerate(request(), caller())
+        await second.regenerate(request(), caller())
+        await first.regenerate(request(), caller())
+        assert (await refusal(second, request(), caller())).code is ErrorCode.RATE_LIMITED
+    finally:
+        await second_store.close()
+
+
+async def test_one_audit_row_per_attempt_whatever_the_outcome(
+    store: Store, engine: CredentialEngine, clock: Clock
+) -> None:
+    svc, _ = service(store, engine, clock, device=3)
+    attempts: list[tuple[DeviceRequest, Principal | None]] = [
+        (request(), EVERYTHING),
+        (request(inventory_id="DEMO-IN-STOCK"), EVERYTHING),
+        (request(mode="test"), EVERYTHING),
+        (request(study_id="not-a-guid"), EVERYTHING),
+        (request(inventory_id="bad\x00id"), EVERYTHING),
+        (request(), Principal("nobody", None, {})),
+        (request(), EVERYTHING),
+        (request(), EVERYTHING),
+        (request(), EVERYTHING),
+    ]
+    for index, (req, principal) in enumerate(attempts):
+        with contextlib.suppress(Refusal):
+            await svc.regenerate(req, caller(principal, request_id=f"req-{index}"))
+    assert await outcomes(store) == [
+        "SUCCESS",
+        "DEVICE_NOT_DISPENSED",
+        "MHEALTH_SETTINGS_NOT_FOUND",
+        "INVALID_INPUT",
+        "INVALID_INPUT",
+        "PERMISSION_DENIED",
+        "SUCCESS",
+        "SUCCESS",
+        "RATE_LIMITED",
+    ]
+    records = [record async for record in AuditTrail(store).records()]
+    assert [r.request_id for r in records] == [f"req-{i}" for i in range(len(attempts))]
+    assert records[0].caller == "site-user"
+    assert records[0].client_id == "site-app"
+    assert (records[0].study_id, records[0].mode, records[0].subject_id) == (STUDY, "active", SUBJECT)
+    assert records[4].inventory_id == "bad\N{REPLACEMENT CHARACTER}id"
+    assert all(r.at.tzinfo is not None for r in records)
+    assert await AuditTrail(store).verify() == (len(attempts), None)
+
+
+async def test_an_unrecognised_upstream_error_is_audited(store: Store, clock: Clock) -> None:
+    class Unrecognised:
+        name = "upstream"
+
+        async def regenerate(self, ref: DeviceRef, caller: Caller) -> Credentials:
+            raise Refusal(ErrorCode.UNRECOGNIZED_UPSTREAM_ERROR, upstream_status=418, upstream_code="TEAPOT")
+
+    policy = Policy.from_settings(Settings())
+    svc = RegenerationService(Unrecognised(), AuditTrail(store), RateLimiter(store, clock), policy, clock)
+    await refusal(svc, request(), caller())
+    assert await outcomes(store) == ["UNRECOGNIZED_UPSTREAM_ERROR"]
+
+
+async def test_tampering_is_found(store: Store, engine: CredentialEngine, clock: Clock) -> None:
+    svc, _ = service(store, engine, clock)
+    for _ in range(4):
+        await svc.regenerate(request(), caller())
+    trail = AuditTrail(store)
+    assert await trail.verify() == (4, None)
+    async with store.transaction() as tx:
+        await tx.connection.execute(update(audit_events).where(audit_events.c.seq == 2).values(caller="mallory"))
+    assert await trail.verify() == (2, "its contents do not match its hash")
+    async with store.transaction() as tx:
+        await tx.connection.execute(update(audit_events).where(audit_events.c.seq == 2).values(caller="site-user"))
+        await tx.connection.execute(delete(audit_events).where(audit_events.c.seq == 4))
+    assert (await trail.verify())[0] == 4
+    async with store.transaction() as tx:
+        await tx.connection.execute(delete(audit_events).where(audit_events.c.seq == 1))
+    assert await trail.verify() == (2, "row 1 is missing (found 2)")
+    async with store.engine.connect() as conn:
+        assert (await conn.execute(select(func.count()).select_from(audit_events))).scalar_one() == 2
