@@ -171,6 +171,16 @@ def create_app(settings: Settings, *, backend: Backend | None = None) -> Starlet
     return app
 
 
+def configure_logging(settings: Settings) -> None:
+    """GATEWAY_LOG_LEVEL sets the gateway's own loggers; libraries log from INFO up (aiosqlite's DEBUG
+    lines, one per database call, would drown everything else)."""
+    level = logging.getLevelName(settings.log_level.upper())
+    logging.basicConfig(level=max(level, logging.INFO), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("gateway").setLevel(level)
+
+
 def app_from_env() -> Starlette:
     """Factory for `uvicorn --factory` and `gateway serve --workers N`: settings from the environment."""
-    return create_app(Settings.from_env())
+    settings = Settings.from_env()
+    configure_logging(settings)  # again: worker processes start with nothing configured
+    return create_app(settings)

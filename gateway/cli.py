@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import sys
 from collections.abc import Sequence
 from contextlib import nullcontext
@@ -50,14 +49,12 @@ async def _seed(settings: Settings, registry: Registry, *, only_if_empty: bool) 
         await store.close()
 
 
-def _configure_logging(settings: Settings) -> None:
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-
-
 def serve(settings: Settings, workers: int) -> int:
     import uvicorn
 
-    _configure_logging(settings)
+    from gateway.app import configure_logging
+
+    configure_logging(settings)
     if settings.backend == "local":
         # Create the tables and load the demo data here, once, before any worker starts.
         loaded = settings.demo_data and asyncio.run(_seed(settings, load_registry(DEMO_REGISTRY), only_if_empty=True))

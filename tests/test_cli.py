@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -161,3 +163,59 @@ def test_export_schema_check(env: dict[str, str], tmp_path: Path) -> None:
     drift = gateway("export-schema", "--check", "--path", str(target), env=env)
     assert drift.returncode == 1
     assert "differs" in drift.stderr
+
+
+def test_no_secret_reaches_the_logs_the_database_or_the_audit_trail(env: dict[str, str]) -> None:
+    """A whole session at debug log level: regenerations over both faces and device bootstraps.
+    Afterwards no OTP, token or Basic credential is in the output, the store's files or the audit
+    export; the audit chain verifies, and a tampered row is found."""
+    env = {**env, "GATEWAY_LOG_LEVEL": "debug"}
+    port = free_port()
+    token = dev_token(env)
+    auth = {"Authorization": f"Bearer {token}"}
+    base = f"http://127.0.0.1:{port}"
+    issued: list[dict[str, str]] = []
+    with serving(env, port) as served:
+        for inventory_id in ("DEMO-READY-01", "DEMO-CLOUD-READY", "DEMO-IN-STOCK"):
+            query = SAMPLE_MUTATION.replace("DEMO-READY-01", inventory_id)
+            result = httpx.post(f"{base}/graphql", json={"query": query}, headers=auth).json()
+            member = result["data"]["regenerateAccessCode"]
+            if member["__typename"] == "BootstrapCredentials":
+                issued.append(member)
+            path = (
+                "/ec-ors-svc/rest/v1.0/studies/DE305D5475B4431BADB2EB6B9E546014/active/subjects/"
+                f"A1B2C3D4E5F60718293A4B5C6D7E8F90/devices/{inventory_id}/access-code?mSubjectId=MSUBJECT-001"
+            )
+            response = httpx.put(f"{base}{path}", headers=auth)
+            if response.status_code == 200:
+                issued.append(response.json())
+        latest = issued[-1]
+        assert httpx.post(f"{base}/api/deviceBootstrap", auth=(latest["accessId"], "WRONGOTP")).status_code == 401
+        assert httpx.post(f"{base}/api/deviceBootstrap", auth=(latest["accessId"], latest["otp"])).status_code == 200
+    assert len(issued) == 4
+
+    exported = gateway("audit", "export", env=env)
+    assert exported.returncode == 0, exported.stderr
+    rows = [json.loads(line) for line in exported.stdout.splitlines()]
+    assert [row["outcome"] for row in rows] == [
+        "SUCCESS", "SUCCESS", "SUCCESS", "SUCCESS", "DEVICE_NOT_DISPENSED", "DEVICE_NOT_DISPENSED",
+        "WRONG_OTP", "SUCCESS",
+    ]  # fmt: skip
+    stored = b"".join(path.read_bytes() for path in Path(env["GATEWAY_DATA_DIR"]).iterdir() if path.is_file())
+    secrets = [token] + [pair["otp"] for pair in issued]
+    basic = base64.b64encode(f"{latest['accessId']}:{latest['otp']}".encode()).decode()
+    for secret in [*secrets, basic]:
+        assert secret not in served.output
+        assert secret not in exported.stdout
+        assert secret.encode() not in stored
+
+    verified = gateway("audit", "verify", env=env)
+    assert verified.returncode == 0, verified.stderr
+    assert "intact: 8 rows" in verified.stdout
+    database = Path(env["GATEWAY_DATA_DIR"]) / "gateway.sqlite3"
+    with sqlite3.connect(database) as conn:
+        conn.execute("UPDATE audit_events SET outcome = 'SUCCESS' WHERE seq = 5")
+    conn.close()
+    broken = gateway("audit", "verify", env=env)
+    assert broken.returncode == 1
+    assert "BROKEN at row 5" in broken.stderr
