@@ -13,7 +13,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
 from dataclasses import asdict, dataclass
 from datetime import datetime
 
@@ -108,7 +109,7 @@ class AuditTrail:
             async with self.store.transaction() as tx:
                 return await append_in(tx, event)
 
-    async def records(self) -> AsyncIterator[AuditRecord]:
+    async def records(self) -> AsyncGenerator[AuditRecord, None]:
         """Every row in chain order, streamed."""
         async with self.store.engine.connect() as conn:
             result = await conn.stream(select(audit_events).order_by(audit_events.c.seq))
@@ -118,15 +119,16 @@ class AuditTrail:
     async def verify(self) -> tuple[int, str | None]:
         """(rows checked, None) when intact, else (seq of the first broken row, what is wrong)."""
         prev_hash, expected_seq = GENESIS, 1
-        async for record in self.records():
-            if record.seq != expected_seq:
-                return record.seq, f"row {expected_seq} is missing (found {record.seq})"
-            if record.prev_hash != prev_hash:
-                return record.seq, "does not link to the row before it"
-            event = AuditEvent(**{k: v for k, v in asdict(record).items() if k not in {"seq", "prev_hash", "hash"}})
-            if link_hash(prev_hash, record.seq, event) != record.hash:
-                return record.seq, "its contents do not match its hash"
-            prev_hash, expected_seq = record.hash, expected_seq + 1
+        async with aclosing(self.records()) as records:
+            async for record in records:
+                if record.seq != expected_seq:
+                    return record.seq, f"row {expected_seq} is missing (found {record.seq})"
+                if record.prev_hash != prev_hash:
+                    return record.seq, "does not link to the row before it"
+                event = AuditEvent(**{k: v for k, v in asdict(record).items() if k not in {"seq", "prev_hash", "hash"}})
+                if link_hash(prev_hash, record.seq, event) != record.hash:
+                    return record.seq, "its contents do not match its hash"
+                prev_hash, expected_seq = record.hash, expected_seq + 1
         async with self.store.transaction() as tx:
             head = (await tx.connection.execute(select(audit_head))).first()
         last = expected_seq - 1

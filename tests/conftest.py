@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from gateway.app import create_app
 from gateway.auth import mint_token
-from gateway.domain import DEVICE_ACTIONS_POST
+from gateway.domain import DEVICE_ACTIONS_POST, DeviceRef, ErrorCode, StudyMode
 from gateway.engine.registry import DEMO_REGISTRY, load_registry
 from gateway.engine.rules import CredentialEngine
 from gateway.engine.store import Store
@@ -172,6 +172,31 @@ async def client(gateway_url: str, settings: Settings) -> AsyncIterator[httpx.As
     headers = {"Authorization": bearer(settings)}
     async with httpx.AsyncClient(base_url=gateway_url, timeout=10, headers=headers) as client:
         yield client
+
+
+# Every refusal the local engine gives for the demo data: GraphQL input overrides → the cause.
+DEMO_REFUSALS = [
+    pytest.param({"studyId": "0" * 32}, ErrorCode.STUDY_NOT_FOUND, id="unknown-study"),
+    pytest.param({"mode": "TRAINING"}, ErrorCode.STUDY_NOT_FOUND, id="study-not-in-mode"),
+    pytest.param({"mode": "TEST"}, ErrorCode.MHEALTH_SETTINGS_NOT_FOUND, id="no-mhealth-settings"),
+    pytest.param({"subjectId": "F" * 32}, ErrorCode.INVALID_SUBJECT, id="unknown-subject"),
+    pytest.param({"mSubjectId": "MSUBJECT-999"}, ErrorCode.INVALID_SUBJECT, id="unknown-msubject"),
+    pytest.param({"mSubjectId": "MSUBJECT-002"}, ErrorCode.INVALID_SUBJECT, id="another-subjects-msubject"),
+    pytest.param({"inventoryId": "DEMO-UNKNOWN"}, ErrorCode.INVALID_DEVICE, id="unknown-device"),
+    pytest.param({"inventoryId": "DEMO-UNREGISTERED"}, ErrorCode.DEVICE_NOT_REGISTERED, id="unregistered"),
+    pytest.param({"inventoryId": "DEMO-IN-STOCK"}, ErrorCode.DEVICE_NOT_DISPENSED, id="not-dispensed"),
+    pytest.param(
+        {"inventoryId": "DEMO-OTHER-SUBJECT"}, ErrorCode.DEVICE_DISPENSED_TO_ANOTHER_SUBJECT, id="other-subject"
+    ),
+    pytest.param({"inventoryId": "DEMO-NO-TYPE"}, ErrorCode.MISSING_CONNECTION_TYPE, id="no-connection-type"),
+    pytest.param({"inventoryId": "DEMO-CLOUD-NO-VENDOR"}, ErrorCode.MISSING_VENDOR_CODE, id="no-vendor-code"),
+    pytest.param({"inventoryId": "DEMO-NO-CONNECTION"}, ErrorCode.NO_CONNECTION_DEVICE, id="no-connection"),
+]
+
+READY_REF = DeviceRef.parse(
+    study_id=STUDY, mode=StudyMode.ACTIVE, subject_id=SUBJECT, inventory_id=READY_DEVICE, m_subject_id="MSUBJECT-001"
+)
+"""The demo's ready device, as a backend receives it."""
 
 
 REGENERATE = """

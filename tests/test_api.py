@@ -17,28 +17,10 @@ from gateway.app import create_app
 from gateway.domain import CAUSES, Backend, Caller, Credentials, DeviceRef, ErrorCode
 from gateway.engine.store import credentials
 from gateway.settings import Settings
-from tests.conftest import READY_DEVICE, SUBJECT, bearer, regenerate, rest_path
+from tests.conftest import DEMO_REFUSALS, READY_DEVICE, SUBJECT, bearer, regenerate, rest_path
 from tests.utils import run_server
 
 pytestmark = pytest.mark.anyio
-
-OUTCOMES = [
-    pytest.param({"studyId": "0" * 32}, ErrorCode.STUDY_NOT_FOUND, id="StudyNotFoundError"),
-    pytest.param({"mode": "TRAINING"}, ErrorCode.STUDY_NOT_FOUND, id="StudyNotFoundError-mode"),
-    pytest.param({"mode": "TEST"}, ErrorCode.MHEALTH_SETTINGS_NOT_FOUND, id="MHealthSettingsNotFoundError"),
-    pytest.param({"mSubjectId": "MSUBJECT-999"}, ErrorCode.INVALID_SUBJECT, id="InvalidSubjectError"),
-    pytest.param({"inventoryId": "DEMO-UNKNOWN"}, ErrorCode.INVALID_DEVICE, id="InvalidDeviceError"),
-    pytest.param({"inventoryId": "DEMO-UNREGISTERED"}, ErrorCode.DEVICE_NOT_REGISTERED, id="DeviceNotRegisteredError"),
-    pytest.param({"inventoryId": "DEMO-IN-STOCK"}, ErrorCode.DEVICE_NOT_DISPENSED, id="DeviceNotDispensedError"),
-    pytest.param(
-        {"inventoryId": "DEMO-OTHER-SUBJECT"},
-        ErrorCode.DEVICE_DISPENSED_TO_ANOTHER_SUBJECT,
-        id="DeviceDispensedToAnotherSubjectError",
-    ),
-    pytest.param({"inventoryId": "DEMO-NO-TYPE"}, ErrorCode.MISSING_CONNECTION_TYPE, id="MissingConnectionTypeError"),
-    pytest.param({"inventoryId": "DEMO-CLOUD-NO-VENDOR"}, ErrorCode.MISSING_VENDOR_CODE, id="MissingVendorCodeError"),
-    pytest.param({"inventoryId": "DEMO-NO-CONNECTION"}, ErrorCode.NO_CONNECTION_DEVICE, id="NoConnectionDeviceError"),
-]
 
 TYPENAMES = {
     ErrorCode.STUDY_NOT_FOUND: "StudyNotFoundError",
@@ -55,7 +37,7 @@ TYPENAMES = {
 }
 
 
-@pytest.mark.parametrize(("overrides", "code"), OUTCOMES)
+@pytest.mark.parametrize(("overrides", "code"), DEMO_REFUSALS)
 async def test_each_refusal_through_graphql_and_rest(
     client: httpx.AsyncClient, overrides: dict[str, Any], code: ErrorCode
 ) -> None:

@@ -10,19 +10,17 @@ import pytest
 
 from gateway.app import create_app
 from gateway.audit import AuditTrail
-from gateway.domain import Caller, Credentials, DeviceRef, StudyMode
+from gateway.domain import Caller, Credentials
 from gateway.engine.rules import CredentialEngine
 from gateway.engine.store import Store
 from gateway.settings import Settings
-from tests.conftest import READY_DEVICE, STUDY, SUBJECT, TEST_KDF_COST, Clock
+from tests.conftest import READY_DEVICE, READY_REF, STUDY, TEST_KDF_COST, Clock
 from tests.utils import run_server
 
 pytestmark = pytest.mark.anyio
 
 LOCKOUT = 3
-REF = DeviceRef.parse(
-    study_id=STUDY, mode=StudyMode.ACTIVE, subject_id=SUBJECT, inventory_id=READY_DEVICE, m_subject_id="MSUBJECT-001"
-)
+REF = READY_REF
 
 
 @pytest.fixture

@@ -16,10 +16,10 @@ import pytest
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from gateway.domain import Caller, DeviceRef, ErrorCode, Refusal, StudyMode
+from gateway.domain import Caller, ErrorCode, Refusal
 from gateway.upstream import UpstreamClient
 from gateway.upstream.auth import TOKEN_REFRESH_MARGIN_SECONDS
-from tests.conftest import READY_DEVICE, STUDY, SUBJECT
+from tests.conftest import READY_REF
 from tests.upstream_servers import (
     FAKE_OTP,
     TOKEN_PATH,
@@ -39,9 +39,7 @@ pytestmark = pytest.mark.anyio
 
 CLIENT_ID = "test-client-id"
 CLIENT_SECRET = "test-client-secret-not-real"
-REF = DeviceRef.parse(
-    study_id=STUDY, mode=StudyMode.ACTIVE, subject_id=SUBJECT, inventory_id=READY_DEVICE, m_subject_id="MSUBJECT-001"
-)
+REF = READY_REF
 
 
 def caller(number: int = 1, authorization: str | None = None) -> Caller:

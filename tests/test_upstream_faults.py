@@ -18,9 +18,9 @@ from anyio.abc import SocketStream
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.domain import Caller, Credentials, DeviceRef, ErrorCode, Refusal, StudyMode
+from gateway.domain import Caller, Credentials, ErrorCode, Refusal
 from gateway.upstream.responses import MAX_BODY_BYTES
-from tests.conftest import READY_DEVICE, STUDY, SUBJECT
+from tests.conftest import READY_DEVICE, READY_REF, STUDY, SUBJECT
 from tests.upstream_servers import (
     DEVICE_INSTANCE,
     FAKE_ACCESS_ID,
@@ -40,9 +40,7 @@ from tests.utils import free_port
 pytestmark = pytest.mark.anyio
 
 CALLER = Caller(request_id="req-faults-1")
-REF = DeviceRef.parse(
-    study_id=STUDY, mode=StudyMode.ACTIVE, subject_id=SUBJECT, inventory_id=READY_DEVICE, m_subject_id="MSUBJECT-001"
-)
+REF = READY_REF
 
 
 JSON_200 = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"

@@ -30,7 +30,7 @@ from gateway.engine.store import Store
 from gateway.settings import Settings
 from gateway.upstream import UpstreamClient
 from gateway.upstream.client import access_code_path
-from tests.conftest import READY_DEVICE, STUDY, SUBJECT, TEST_KDF_COST, device_input, regenerate
+from tests.conftest import DEMO_REFUSALS, READY_DEVICE, STUDY, SUBJECT, TEST_KDF_COST, device_input, regenerate
 from tests.upstream_servers import ScriptedUpstream, serve_scripted
 from tests.utils import run_server
 
@@ -125,22 +125,6 @@ def invalid_input(**overrides: Any) -> dict[str, Any]:
     return {**member(ErrorCode.INVALID_INPUT), "message": refusal.message, "field": refusal.field}
 
 
-REFUSALS = [
-    pytest.param({"studyId": "0" * 32}, ErrorCode.STUDY_NOT_FOUND, id="unknown-study"),
-    pytest.param({"mode": "TRAINING"}, ErrorCode.STUDY_NOT_FOUND, id="study-not-in-mode"),
-    pytest.param({"mode": "TEST"}, ErrorCode.MHEALTH_SETTINGS_NOT_FOUND, id="no-mhealth-settings"),
-    pytest.param({"subjectId": "F" * 32}, ErrorCode.INVALID_SUBJECT, id="unknown-subject"),
-    pytest.param({"mSubjectId": "MSUBJECT-002"}, ErrorCode.INVALID_SUBJECT, id="another-subjects-msubject"),
-    pytest.param({"inventoryId": "DEMO-UNKNOWN"}, ErrorCode.INVALID_DEVICE, id="unknown-device"),
-    pytest.param({"inventoryId": "DEMO-UNREGISTERED"}, ErrorCode.DEVICE_NOT_REGISTERED, id="unregistered"),
-    pytest.param({"inventoryId": "DEMO-IN-STOCK"}, ErrorCode.DEVICE_NOT_DISPENSED, id="not-dispensed"),
-    pytest.param(
-        {"inventoryId": "DEMO-OTHER-SUBJECT"}, ErrorCode.DEVICE_DISPENSED_TO_ANOTHER_SUBJECT, id="other-subject"
-    ),
-    pytest.param({"inventoryId": "DEMO-NO-TYPE"}, ErrorCode.MISSING_CONNECTION_TYPE, id="no-connection-type"),
-    pytest.param({"inventoryId": "DEMO-CLOUD-NO-VENDOR"}, ErrorCode.MISSING_VENDOR_CODE, id="no-vendor-code"),
-    pytest.param({"inventoryId": "DEMO-NO-CONNECTION"}, ErrorCode.NO_CONNECTION_DEVICE, id="no-connection"),
-]
 INVALID_INPUTS = [
     pytest.param({"studyId": "not-a-guid"}, id="study-id"),
     pytest.param({"subjectId": SUBJECT[:-1]}, id="subject-id-short"),
@@ -150,12 +134,12 @@ INVALID_INPUTS = [
 
 
 def test_the_suite_covers_every_member_the_engine_can_produce() -> None:
-    covered = {param.values[1] for param in REFUSALS} | {ErrorCode.INTERNAL_SERVER_ERROR, ErrorCode.INVALID_INPUT}
+    covered = {param.values[1] for param in DEMO_REFUSALS} | {ErrorCode.INTERNAL_SERVER_ERROR, ErrorCode.INVALID_INPUT}
     engine_causes = {cause.code for cause in CAUSES.values() if cause.documented} | {ErrorCode.INVALID_INPUT}
     assert covered == engine_causes
 
 
-@pytest.mark.parametrize(("overrides", "code"), REFUSALS)
+@pytest.mark.parametrize(("overrides", "code"), DEMO_REFUSALS)
 async def test_each_refusal_is_the_same_member(served: Served, overrides: dict[str, Any], code: ErrorCode) -> None:
     assert await regenerate(served.client, **overrides) == member(code)
 
@@ -202,7 +186,7 @@ async def test_success_delivers_the_pair_the_engine_issued(
 
 
 async def test_both_backends_answer_alike_side_by_side(deployments: dict[str, Served]) -> None:
-    cases = [cast(dict[str, Any], param.values[0]) for param in REFUSALS + INVALID_INPUTS]
+    cases = [cast(dict[str, Any], param.values[0]) for param in DEMO_REFUSALS + INVALID_INPUTS]
     local, upstream = deployments["local"].client, deployments["upstream"].client
     for overrides in cases:
         assert await regenerate(local, **overrides) == await regenerate(upstream, **overrides)

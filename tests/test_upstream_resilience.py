@@ -11,10 +11,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.app import create_app
-from gateway.domain import Caller, DeviceRef, ErrorCode, Refusal, StudyMode
+from gateway.domain import Caller, ErrorCode, Refusal
 from gateway.upstream import UpstreamClient
 from gateway.upstream.resilience import BreakerState, CircuitBreaker, ConnectRetry, Outcome
-from tests.conftest import READY_DEVICE, STUDY, SUBJECT
+from tests.conftest import READY_REF
 from tests.upstream_servers import (
     FAKE_OTP,
     ScriptedUpstream,
@@ -32,9 +32,7 @@ from tests.utils import run_server
 pytestmark = pytest.mark.anyio
 
 CALLER = Caller(request_id="req-resilience")
-REF = DeviceRef.parse(
-    study_id=STUDY, mode=StudyMode.ACTIVE, subject_id=SUBJECT, inventory_id=READY_DEVICE, m_subject_id="MSUBJECT-001"
-)
+REF = READY_REF
 UNAVAILABLE = answer(503, {"message": "maintenance"})
 OK = answer(200, credentials_body())
 

@@ -398,6 +398,10 @@ class Store:
                 Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
             # Wait for the write lock (up to 30 s) rather than failing at once under contention.
             options["connect_args"] = {"timeout": 30}
+            # SQLite has one writer at a time, and every transaction here begins IMMEDIATE: a single
+            # connection per process queues them fairly in the pool, where several connections would
+            # poll SQLite's busy handler (sleeps of up to 100 ms) and stretch the latency tail.
+            options.update(pool_size=1, max_overflow=0, pool_timeout=30)
         if schema:
             options["execution_options"] = {"schema_translate_map": {None: schema}}
         engine = create_async_engine(parsed, **options)
