@@ -438,8 +438,8 @@ def development_token(settings: Settings, *, study: str, mode: str, ttl_seconds:
     )
 
 
-def serve_hint(settings: Settings) -> str:
-    """The line `gateway serve` prints about authentication."""
+def serve_hint(settings: Settings, command: str = "gateway") -> str:
+    """The line `gateway serve` prints about authentication; `command` is how this gateway was run."""
     if settings.insecure_disable_auth:
         return "Auth: OFF (GATEWAY_INSECURE_DISABLE_AUTH=true): anyone who reaches this port can regenerate credentials"
     if settings.auth_jwks_url:
@@ -448,7 +448,7 @@ def serve_hint(settings: Settings) -> str:
             f"issuer {settings.auth_issuer}, audience {settings.auth_audience})"
         )
     return (
-        "Auth: every call needs a bearer token. Get one with: gateway token --study '*' --mode '*'  "
+        f"Auth: every call needs a bearer token. Get one with: {command} token --study '*' --mode '*'  "
         'then paste {"Authorization": "Bearer <token>"} into GraphiQL\'s Headers pane (and re-fetch the schema)'
     )
 

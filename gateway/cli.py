@@ -49,6 +49,13 @@ async def _seed(settings: Settings, registry: Registry, *, only_if_empty: bool) 
         await store.close()
 
 
+def _command() -> str:
+    """How to run this same `gateway` again: the script's path, or `python -m gateway`."""
+    if sys.argv[0].endswith("__main__.py"):
+        return f"{sys.executable} -m gateway"
+    return sys.argv[0]
+
+
 def serve(settings: Settings, workers: int) -> int:
     import uvicorn
 
@@ -63,7 +70,7 @@ def serve(settings: Settings, workers: int) -> int:
     base = f"http://{settings.host}:{settings.port}"
     ide = "GraphQL (GraphiQL off in production)" if settings.production else "GraphiQL"
     print(f"{ide}: {base}/graphql    REST: {base}/ec-ors-svc/rest/v1.0/…    health: {base}/healthz")
-    print(serve_hint(settings))
+    print(serve_hint(settings, _command()))
     if settings.backend == "local" and settings.demo_data:
         print("Paste this into GraphiQL (the demo data set answers it):\n")
         print(SAMPLE_MUTATION + "\n", flush=True)
