@@ -30,6 +30,8 @@ from gateway.engine.store import Store
 from gateway.settings import Settings
 from tests.utils import run_server
 
+pytest_plugins = ["tests.secret_watch"]
+
 POSTGRES_URL = os.environ.get("GATEWAY_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
 TEST_KDF_COST = 4  # scrypt N = 16: the hash's shape is what the tests check, not its cost
 TEST_HS256_SECRET = "test-only-hs256-secret-not-for-any-real-gateway"  # an obviously fake value
