@@ -162,6 +162,8 @@ class Settings:
     upstream_connect_timeout_seconds: float = 5.0
     upstream_read_timeout_seconds: float = 120.0
     """Oracle's best-practice page asks clients to expect up to a 2-minute network timeout."""
+    upstream_total_timeout_seconds: float = 150.0
+    """The whole call, connect retries and a slowly dripping body included (the read timeout is per read)."""
     upstream_write_timeout_seconds: float = 30.0
     upstream_pool_timeout_seconds: float = 5.0
     upstream_max_connections: int = 64
@@ -298,6 +300,7 @@ _PARSERS: dict[str, Callable[[str, str], object]] = {
     "bootstrap_lockout_attempts": _integer(1, 1000),
     "upstream_connect_timeout_seconds": _number(0.01, 600),
     "upstream_read_timeout_seconds": _number(0.01, 3600),
+    "upstream_total_timeout_seconds": _number(0.01, 3600),
     "upstream_write_timeout_seconds": _number(0.01, 600),
     "upstream_pool_timeout_seconds": _number(0.01, 600),
     "upstream_max_connections": _integer(1, 10_000),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import email.utils
 import logging
 import socket
+import time
 from datetime import UTC, datetime, timedelta
 
 import anyio
@@ -217,6 +218,23 @@ async def test_truncated_json_is_upstream_unavailable(response: bytes) -> None:
         refusal = await refusal_from(server.url)
     assert refusal.code is ErrorCode.UPSTREAM_UNAVAILABLE
     assert server.connections == 1
+
+
+async def test_a_dripping_body_meets_the_whole_call_deadline() -> None:
+    """Each read arrives within the read timeout, but the answer never ends: the deadline cuts it off."""
+
+    async def drip(stream: SocketStream) -> None:
+        await stream.send(JSON_200 + b'Content-Length: 1000\r\n\r\n{"accessId": ')
+        for _ in range(100):
+            await anyio.sleep(0.1)
+            await stream.send(b" ")
+
+    started = time.perf_counter()
+    async with raw_server(drip) as server:
+        refusal = await refusal_from(server.url, upstream_read_timeout_seconds=2.0, upstream_total_timeout_seconds=0.5)
+    assert refusal.code is ErrorCode.UPSTREAM_UNAVAILABLE
+    assert time.perf_counter() - started < 3
+    assert len(server.requests) == 1
 
 
 async def test_an_oversized_body_is_refused_unread() -> None:

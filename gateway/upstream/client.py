@@ -106,9 +106,11 @@ class UpstreamClient:
         retry: ConnectRetry,
         limit: ConcurrencyLimit,
         breaker: CircuitBreaker,
+        total_timeout: float = 150.0,
         now: WallClock = utc_now,
     ) -> None:
         self.http = http
+        self.total_timeout = total_timeout
         self.auth = auth
         self.retry = retry
         self.limit = limit
@@ -146,6 +148,7 @@ class UpstreamClient:
             breaker=CircuitBreaker(
                 settings.upstream_breaker_failure_threshold, settings.upstream_breaker_reset_seconds, clock=clock
             ),
+            total_timeout=settings.upstream_total_timeout_seconds,
             now=now,
         )
 
@@ -208,13 +211,19 @@ class UpstreamClient:
         request = self.http.build_request("PUT", path, params={"mSubjectId": ref.m_subject_id}, headers=headers)
         started = time.perf_counter()
         try:
-            response = await self.retry.run(
-                lambda: self.http.send(request, stream=True), what="upstream", request_id=caller.request_id
-            )
-            try:
-                body = await _read_body(response)
-            finally:
-                await response.aclose()
+            # httpx's timeouts bound each connect, write and read; this bounds the call as a whole.
+            with anyio.fail_after(self.total_timeout):
+                response = await self.retry.run(
+                    lambda: self.http.send(request, stream=True), what="upstream", request_id=caller.request_id
+                )
+                try:
+                    body = await _read_body(response)
+                finally:
+                    await response.aclose()
+        except TimeoutError:
+            reason = f"no whole answer within {self.total_timeout:g} s; it may have reached the upstream, so not resent"
+            log.warning("upstream call failed: %s (request %s)", reason, caller.request_id)
+            raise UpstreamFailure(reason) from None
         except httpx.HTTPError as error:
             # Only the class name: an exception's text can quote what the server sent.
             reason = f"{type(error).__name__}; it may have reached the upstream, so it is not resent"
