@@ -1,7 +1,7 @@
 """`create_app(settings)`: the Starlette app with its routes, middleware and lifespan.
 
-The lifespan owns every resource (the store and its pool, or the upstream's pooled HTTP client):
-opened when the app starts, closed when it stops, never at import time.
+The lifespan owns every resource (the store and its pool, the upstream's pooled HTTP client, the
+JWKS client): opened when the app starts, closed when it stops, never at import time.
 """
 
 from __future__ import annotations
