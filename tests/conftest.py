@@ -27,6 +27,7 @@ from gateway.domain import DEVICE_ACTIONS_POST, DeviceRef, ErrorCode, StudyMode
 from gateway.engine.registry import DEMO_REGISTRY, load_registry
 from gateway.engine.rules import CredentialEngine
 from gateway.engine.store import Store
+from gateway.service import DeviceRequest
 from gateway.settings import Settings
 from tests.utils import run_server
 
@@ -194,6 +195,19 @@ DEMO_REFUSALS = [
     pytest.param({"inventoryId": "DEMO-CLOUD-NO-VENDOR"}, ErrorCode.MISSING_VENDOR_CODE, id="no-vendor-code"),
     pytest.param({"inventoryId": "DEMO-NO-CONNECTION"}, ErrorCode.NO_CONNECTION_DEVICE, id="no-connection"),
 ]
+
+
+def ref_for(**overrides: Any) -> DeviceRef:
+    """The `DeviceRef` a backend receives for `device_input(**overrides)`."""
+    values = device_input(**overrides)
+    return DeviceRequest(
+        study_id=values["studyId"],
+        mode=values["mode"].lower(),
+        subject_id=values["subjectId"],
+        inventory_id=values["inventoryId"],
+        m_subject_id=values["mSubjectId"],
+    ).parse()
+
 
 READY_REF = DeviceRef.parse(
     study_id=STUDY, mode=StudyMode.ACTIVE, subject_id=SUBJECT, inventory_id=READY_DEVICE, m_subject_id="MSUBJECT-001"

@@ -3,32 +3,21 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 import anyio
 import pytest
 from sqlalchemy import func, select
 
-from gateway.domain import Caller, Credentials, DeviceRef, ErrorCode, Refusal, StudyMode
+from gateway.domain import Caller, Credentials, DeviceRef, ErrorCode, Refusal
 from gateway.engine import codes
 from gateway.engine.rules import BootstrapOutcome, CredentialEngine
 from gateway.engine.store import Store, credentials
-from tests.conftest import OTHER_SUBJECT, READY_DEVICE, STUDY, SUBJECT, Clock
+from tests.conftest import DEMO_REFUSALS, OTHER_SUBJECT, READY_DEVICE, Clock, ref_for
 
 pytestmark = pytest.mark.anyio
 
 CALLER = Caller(request_id="test")
-
-
-def ref(**overrides: object) -> DeviceRef:
-    values: dict[str, object] = {
-        "study_id": STUDY,
-        "mode": StudyMode.ACTIVE,
-        "subject_id": SUBJECT,
-        "inventory_id": READY_DEVICE,
-        "m_subject_id": "MSUBJECT-001",
-    }
-    values.update(overrides)
-    return DeviceRef.parse(**values)  # type: ignore[arg-type]
 
 
 async def refusal_of(engine: CredentialEngine, device_ref: DeviceRef) -> ErrorCode:
@@ -37,46 +26,28 @@ async def refusal_of(engine: CredentialEngine, device_ref: DeviceRef) -> ErrorCo
     return caught.value.code
 
 
-@pytest.mark.parametrize(
-    ("overrides", "expected"),
-    [
-        pytest.param({"study_id": "0" * 32}, ErrorCode.STUDY_NOT_FOUND, id="unknown-study"),
-        pytest.param({"mode": StudyMode.TRAINING}, ErrorCode.STUDY_NOT_FOUND, id="study-not-in-mode"),
-        pytest.param({"mode": StudyMode.TEST}, ErrorCode.MHEALTH_SETTINGS_NOT_FOUND, id="no-mhealth-settings"),
-        pytest.param({"subject_id": "F" * 32}, ErrorCode.INVALID_SUBJECT, id="unknown-subject"),
-        pytest.param({"m_subject_id": "MSUBJECT-002"}, ErrorCode.INVALID_SUBJECT, id="another-subjects-msubject"),
-        pytest.param({"inventory_id": "DEMO-UNKNOWN"}, ErrorCode.INVALID_DEVICE, id="unknown-device"),
-        pytest.param({"inventory_id": "DEMO-UNREGISTERED"}, ErrorCode.DEVICE_NOT_REGISTERED, id="unregistered"),
-        pytest.param({"inventory_id": "DEMO-IN-STOCK"}, ErrorCode.DEVICE_NOT_DISPENSED, id="not-dispensed"),
-        pytest.param(
-            {"inventory_id": "DEMO-OTHER-SUBJECT"}, ErrorCode.DEVICE_DISPENSED_TO_ANOTHER_SUBJECT, id="other-subject"
-        ),
-        pytest.param({"inventory_id": "DEMO-NO-TYPE"}, ErrorCode.MISSING_CONNECTION_TYPE, id="no-connection-type"),
-        pytest.param({"inventory_id": "DEMO-CLOUD-NO-VENDOR"}, ErrorCode.MISSING_VENDOR_CODE, id="no-vendor-code"),
-        pytest.param({"inventory_id": "DEMO-NO-CONNECTION"}, ErrorCode.NO_CONNECTION_DEVICE, id="no-connection"),
-        # Order: the earlier rule wins when several fail at once.
-        pytest.param(
-            {"mode": StudyMode.TEST, "subject_id": "F" * 32}, ErrorCode.MHEALTH_SETTINGS_NOT_FOUND, id="order-mhealth"
-        ),
-        pytest.param(
-            {"m_subject_id": "NOBODY", "inventory_id": "DEMO-UNKNOWN"}, ErrorCode.INVALID_SUBJECT, id="order-subject"
-        ),
-        pytest.param(
-            {"subject_id": OTHER_SUBJECT, "m_subject_id": "MSUBJECT-002", "inventory_id": "DEMO-UNREGISTERED"},
-            ErrorCode.DEVICE_NOT_REGISTERED,
-            id="order-registered-before-dispensed",
-        ),
-    ],
-)
-async def test_rules_refuse_in_order(
-    engine: CredentialEngine, overrides: dict[str, object], expected: ErrorCode
-) -> None:
-    assert await refusal_of(engine, ref(**overrides)) == expected
+# The demo's refusals, and the order of the rules: the earlier rule wins when several fail at once.
+ORDER = [
+    pytest.param({"mode": "TEST", "subjectId": "F" * 32}, ErrorCode.MHEALTH_SETTINGS_NOT_FOUND, id="order-mhealth"),
+    pytest.param(
+        {"mSubjectId": "NOBODY", "inventoryId": "DEMO-UNKNOWN"}, ErrorCode.INVALID_SUBJECT, id="order-subject"
+    ),
+    pytest.param(
+        {"subjectId": OTHER_SUBJECT, "mSubjectId": "MSUBJECT-002", "inventoryId": "DEMO-UNREGISTERED"},
+        ErrorCode.DEVICE_NOT_REGISTERED,
+        id="order-registered-before-dispensed",
+    ),
+]
+
+
+@pytest.mark.parametrize(("overrides", "expected"), DEMO_REFUSALS + ORDER)
+async def test_rules_refuse_in_order(engine: CredentialEngine, overrides: dict[str, Any], expected: ErrorCode) -> None:
+    assert await refusal_of(engine, ref_for(**overrides)) == expected
 
 
 @pytest.mark.parametrize("inventory_id", [READY_DEVICE, "DEMO-CLOUD-READY"])
 async def test_new_pair_has_the_contracts_shape(engine: CredentialEngine, clock: Clock, inventory_id: str) -> None:
-    issued = await engine.regenerate(ref(inventory_id=inventory_id), CALLER)
+    issued = await engine.regenerate(ref_for(inventoryId=inventory_id), CALLER)
     assert len(issued.access_id) == codes.ACCESS_ID_LENGTH
     assert len(issued.otp) == codes.OTP_LENGTH
     assert set(issued.access_id + issued.otp) <= set(codes.ALPHABET)
@@ -87,9 +58,9 @@ async def test_new_pair_has_the_contracts_shape(engine: CredentialEngine, clock:
 
 
 async def test_a_new_pair_replaces_the_old_one(engine: CredentialEngine) -> None:
-    first = await engine.regenerate(ref(), CALLER)
+    first = await engine.regenerate(ref_for(), CALLER)
     assert await engine.verify(first.access_id, first.otp)
-    second = await engine.regenerate(ref(), CALLER)
+    second = await engine.regenerate(ref_for(), CALLER)
     assert (second.access_id, second.otp) != (first.access_id, first.otp)
     assert not await engine.verify(first.access_id, first.otp)
     assert await engine.verify(second.access_id, second.otp)
@@ -98,7 +69,7 @@ async def test_a_new_pair_replaces_the_old_one(engine: CredentialEngine) -> None
 
 async def test_the_store_holds_only_a_salted_hash(engine: CredentialEngine) -> None:
     issued = [
-        await engine.regenerate(ref(inventory_id=device), CALLER) for device in (READY_DEVICE, "DEMO-CLOUD-READY")
+        await engine.regenerate(ref_for(inventoryId=device), CALLER) for device in (READY_DEVICE, "DEMO-CLOUD-READY")
     ]
     async with engine.store.engine.connect() as conn:
         rows = (await conn.execute(select(credentials))).all()
@@ -113,7 +84,7 @@ async def test_the_store_holds_only_a_salted_hash(engine: CredentialEngine) -> N
 
 
 async def test_expiry_follows_the_injected_clock(engine: CredentialEngine, clock: Clock) -> None:
-    issued = await engine.regenerate(ref(), CALLER)
+    issued = await engine.regenerate(ref_for(), CALLER)
     clock.advance(timedelta(hours=24) - timedelta(seconds=1))
     assert await engine.verify(issued.access_id, issued.otp)
     clock.advance(timedelta(seconds=1))
@@ -123,12 +94,12 @@ async def test_expiry_follows_the_injected_clock(engine: CredentialEngine, clock
 
 async def test_the_lifetime_is_a_setting(store: Store, clock: Clock) -> None:
     short = CredentialEngine(store, otp_ttl=timedelta(minutes=5), kdf_cost=4, clock=clock)
-    issued = await short.regenerate(ref(), CALLER)
+    issued = await short.regenerate(ref_for(), CALLER)
     assert issued.expires_at == clock.now + timedelta(minutes=5)
 
 
 async def test_an_otp_works_once(engine: CredentialEngine) -> None:
-    issued = await engine.regenerate(ref(), CALLER)
+    issued = await engine.regenerate(ref_for(), CALLER)
     assert (await engine.bootstrap(issued.access_id, "WRONGOTP")).outcome is BootstrapOutcome.WRONG_OTP
     assert (await engine.bootstrap(issued.access_id, issued.otp)).outcome is BootstrapOutcome.BOOTSTRAPPED
     assert (await engine.bootstrap(issued.access_id, issued.otp)).outcome is BootstrapOutcome.ALREADY_BOOTSTRAPPED
@@ -139,7 +110,7 @@ async def test_concurrent_regenerations_leave_exactly_one_working_pair(engine: C
     issued: list[Credentials] = []
 
     async def one() -> None:
-        issued.append(await engine.regenerate(ref(), CALLER))
+        issued.append(await engine.regenerate(ref_for(), CALLER))
 
     async with anyio.create_task_group() as tasks:
         for _ in range(20):
@@ -156,4 +127,4 @@ async def test_concurrent_regenerations_leave_exactly_one_working_pair(engine: C
 async def test_a_broken_store_is_an_internal_server_error(engine: CredentialEngine) -> None:
     async with engine.store.engine.begin() as conn:
         await conn.run_sync(credentials.drop)
-    assert await refusal_of(engine, ref()) == ErrorCode.INTERNAL_SERVER_ERROR
+    assert await refusal_of(engine, ref_for()) == ErrorCode.INTERNAL_SERVER_ERROR
