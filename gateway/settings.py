@@ -11,26 +11,16 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
 
+N = TypeVar("N", int, float)
+
 
 class SettingsError(ValueError):
     """A setting has a value the gateway cannot use; the message names the variable."""
-
-
-def _integer(low: int, high: int) -> Callable[[str, str], int]:
-    def parse(name: str, raw: str) -> int:
-        try:
-            value = int(raw)
-        except ValueError:
-            raise SettingsError(f"{name} must be a whole number, not {raw!r}") from None
-        if not low <= value <= high:
-            raise SettingsError(f"{name} must be between {low} and {high}, not {value}")
-        return value
-
-    return parse
 
 
 def _choice(*allowed: str) -> Callable[[str, str], str]:
@@ -52,17 +42,29 @@ def _boolean(name: str, raw: str) -> bool:
     raise SettingsError(f"{name} must be true or false, not {raw!r}")
 
 
-def _number(low: float, high: float) -> Callable[[str, str], float]:
-    def parse(name: str, raw: str) -> float:
+def _plain(value: float) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _bounded(convert: Callable[[str], N], noun: str, low: N, high: N) -> Callable[[str, str], N]:
+    def parse(name: str, raw: str) -> N:
         try:
-            value = float(raw)
+            value = convert(raw)
         except ValueError:
-            raise SettingsError(f"{name} must be a number, not {raw!r}") from None
+            raise SettingsError(f"{name} must be {noun}, not {raw!r}") from None
         if not low <= value <= high:
-            raise SettingsError(f"{name} must be between {low:g} and {high:g}, not {value:g}")
+            raise SettingsError(f"{name} must be between {_plain(low)} and {_plain(high)}, not {_plain(value)}")
         return value
 
     return parse
+
+
+def _integer(low: int, high: int) -> Callable[[str, str], int]:
+    return _bounded(int, "a whole number", low, high)
+
+
+def _number(low: float, high: float) -> Callable[[str, str], float]:
+    return _bounded(float, "a number", low, high)
 
 
 def _text(name: str, raw: str) -> str:

@@ -331,55 +331,38 @@ class StoreTransaction:
             )
 
     async def _check_references(self, registry: Registry) -> None:
-        known_modes = registry.study_modes()
-        known_subjects = registry.subject_keys()
+        known_modes: set[tuple[Any, ...]] = set(registry.study_modes())
+        known_subjects: set[tuple[Any, ...]] = set(registry.subject_keys())
         for index, subject in enumerate(registry.subjects):
-            if not await self._has_mode(known_modes, subject.study_id, subject.mode):
+            if not await self._known(known_modes, study_modes, study_id=subject.study_id, mode=subject.mode):
                 raise RegistryError(
                     f"subjects[{index}] (id {subject.id}).studyId: study {subject.study_id} "
                     f"has no mode {subject.mode.value} in the file or the store"
                 )
         for index, device in enumerate(registry.devices):
             where = f"devices[{index}] (inventoryId {device.inventory_id})"
-            if not await self._has_mode(known_modes, device.study_id, device.mode):
+            if not await self._known(known_modes, study_modes, study_id=device.study_id, mode=device.mode):
                 raise RegistryError(
                     f"{where}.studyId: study {device.study_id} has no mode {device.mode.value} in the file or the store"
                 )
-            if device.dispensed_to is not None and not await self._has_subject(
-                known_subjects, device.study_id, device.mode, device.dispensed_to
+            if device.dispensed_to is not None and not await self._known(
+                known_subjects, subjects, study_id=device.study_id, mode=device.mode, subject_id=device.dispensed_to
             ):
                 raise RegistryError(
                     f"{where}.dispensedTo: subject {device.dispensed_to} is not in study {device.study_id} "
                     f"({device.mode.value}) in the file or the store"
                 )
 
-    async def _has_mode(self, known: set[tuple[str, StudyMode]], study_id: str, mode: StudyMode) -> bool:
-        if (study_id, mode) in known:
+    async def _known(self, known: set[tuple[Any, ...]], table: Table, **key: Any) -> bool:
+        """Is this key (columns in the order given) in the file's `known` keys or in `table`?"""
+        values = tuple(key.values())
+        if values in known:
             return True
-        found = (
-            await self.connection.execute(
-                select(study_modes.c.study_id).where(study_modes.c.study_id == study_id, study_modes.c.mode == mode)
-            )
-        ).first()
+        query = select(*table.primary_key.columns).where(*(table.c[name] == value for name, value in key.items()))
+        found = (await self.connection.execute(query)).first() is not None
         if found:
-            known.add((study_id, mode))
-        return found is not None
-
-    async def _has_subject(
-        self, known: set[tuple[str, StudyMode, str]], study_id: str, mode: StudyMode, subject_id: str
-    ) -> bool:
-        if (study_id, mode, subject_id) in known:
-            return True
-        found = (
-            await self.connection.execute(
-                select(subjects.c.subject_id).where(
-                    subjects.c.study_id == study_id, subjects.c.mode == mode, subjects.c.subject_id == subject_id
-                )
-            )
-        ).first()
-        if found:
-            known.add((study_id, mode, subject_id))
-        return found is not None
+            known.add(values)
+        return found
 
 
 class Store:
