@@ -213,6 +213,10 @@ class Settings:
     graphql_max_aliases: int = 15
     """Aliases in one document, those inside fragments included."""
     graphql_max_tokens: int = 1000
+    graphql_max_selections: int = 1000
+    """Field selections a document expands to, each fragment counted every time it is spread."""
+    graphql_document_cache_size: int = 1024
+    """Distinct documents whose parse and validation are kept (least recently used dropped; 0: none)."""
     max_body_bytes: int = 64 * 1024
     """Largest request body on any route; larger ones get 413."""
     trusted_documents: str = ""
@@ -333,6 +337,8 @@ _PARSERS: dict[str, Callable[[str, str], object]] = {
     "graphql_max_depth": _integer(2, 100),
     "graphql_max_aliases": _integer(0, 1000),
     "graphql_max_tokens": _integer(100, 100_000),
+    "graphql_max_selections": _integer(10, 1_000_000),
+    "graphql_document_cache_size": _integer(0, 100_000),
     "max_body_bytes": _integer(1024, 100 * 1024 * 1024),
     "trusted_documents": _file,
 }
