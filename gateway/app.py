@@ -13,9 +13,7 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import timedelta
 
-import anyio
-from sqlalchemy import text
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy import Table
 from starlette.applications import Starlette
 from starlette.datastructures import MutableHeaders
 from starlette.requests import Request
@@ -24,20 +22,21 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
-from gateway import __version__, bootstrap, rest
+from gateway import __version__, audit, bootstrap, rate_limits, rest
 from gateway.api.context import Context
 from gateway.api.schema import build_schema
 from gateway.api.view import HardenedGraphQLView
 from gateway.audit import AuditTrail
 from gateway.auth import AuthenticationMiddleware, open_authenticator
 from gateway.callers import caller_of
-from gateway.domain import Backend
-from gateway.engine.rules import CredentialEngine, utc_now
-from gateway.engine.store import Store
+from gateway.domain import Backend, utc_now
+from gateway.engine import tables
+from gateway.engine.engine import CredentialEngine
 from gateway.hardening import BodySizeLimitMiddleware
-from gateway.limits import RateLimiter
+from gateway.rate_limits import RateLimiter
 from gateway.service import Policy, RegenerationService
 from gateway.settings import Settings
+from gateway.store import Store
 from gateway.upstream import UpstreamClient, upstream_http_client
 
 log = logging.getLogger(__name__)
@@ -100,7 +99,7 @@ async def readyz(request: Request) -> JSONResponse:
     if isinstance(backend, UpstreamClient):
         report.update(backend.readiness())
     elif isinstance(backend, CredentialEngine):
-        reachable = await _store_reachable(backend.store)
+        reachable = await backend.store.ping()
         report.update(ready=reachable, store="reachable" if reachable else "unreachable")
     ready = report.pop("ready", True)
     return JSONResponse(
@@ -108,17 +107,6 @@ async def readyz(request: Request) -> JSONResponse:
         status_code=200 if ready else 503,
         headers={"Cache-Control": "no-store"},
     )
-
-
-async def _store_reachable(store: Store) -> bool:
-    try:
-        with anyio.fail_after(5):
-            async with store.engine.connect() as conn:
-                await conn.execute(text("SELECT 1"))
-    except (SQLAlchemyError, OSError, TimeoutError):
-        log.warning("readiness: the store did not answer", exc_info=True)
-        return False
-    return True
 
 
 async def open_backend(settings: Settings, store: Store, resources: AsyncExitStack) -> Backend:
@@ -135,6 +123,13 @@ async def open_backend(settings: Settings, store: Store, resources: AsyncExitSta
     )
 
 
+def store_tables(settings: Settings) -> tuple[Table, ...]:
+    """The tables the settings need: the audit trail's and the rate limiter's always, the local
+    engine's only when it serves."""
+    engine_tables = tables.TABLES if settings.backend == "local" else ()
+    return (*audit.TABLES, *rate_limits.TABLES, *engine_tables)
+
+
 def create_app(settings: Settings, *, backend: Backend | None = None) -> Starlette:
     """The gateway as an ASGI app. `backend` overrides the one the settings choose (for tests)."""
 
@@ -144,12 +139,12 @@ def create_app(settings: Settings, *, backend: Backend | None = None) -> Starlet
         async with AsyncExitStack() as resources:
             app.state.authenticator = await open_authenticator(settings, resources)
             # The store serves every backend: the engine's registry, and the audit trail and rate limits.
-            store = await Store.open(settings.store_url, schema=settings.database_schema)
+            store = await Store.open(settings.store_url, schema=settings.database_schema, tables=store_tables(settings))
             resources.push_async_callback(store.close)
+            app.state.audit = AuditTrail(store)
             chosen = backend if backend is not None else await open_backend(settings, store, resources)
             app.state.backend = chosen
             app.state.engine = chosen if isinstance(chosen, CredentialEngine) else None
-            app.state.audit = AuditTrail(store)
             app.state.service = RegenerationService(
                 chosen, app.state.audit, RateLimiter(store, utc_now), Policy.from_settings(settings)
             )

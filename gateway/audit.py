@@ -4,8 +4,18 @@ Each row holds when (UTC), what (action and outcome), who (the token's subject a
 what (study, mode, subject, device), with the request id. Never an OTP, a token or an
 Authorization header. `hash` is SHA-256 over the previous row's hash and this row's canonical
 JSON, so changing, removing or reordering any row breaks every link after it; `verify` finds the
-first broken one. Appends from every process line up behind a lock on the single `audit_head`
-row (SQLite: the write lock `BEGIN IMMEDIATE` takes).
+first broken one.
+
+Rows are written in the attempt's own unit of work (`append`), so they commit together with what
+the attempt changed, or not at all. The trail is a participant of the store's group commit: each
+batch first locks the single `audit_head` row (SQLite: the write lock `BEGIN IMMEDIATE` already
+holds), which lines batches up across processes, and at its end the batch's rows are chained and
+inserted in one statement.
+
+An attempt whose outcome is decided elsewhere (upstream mode) is recorded twice: a `PENDING` row,
+durable before the upstream call, and its outcome row after it, pointing back with `attempt_seq`.
+A `PENDING` row that no outcome row points to (the process died during the call) is an attempt
+whose outcome is unknown: `unresolved` lists them and the export shows them as `OUTCOME_UNKNOWN`.
 """
 
 from __future__ import annotations
@@ -13,20 +23,62 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Sequence
 from contextlib import aclosing
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 
-from sqlalchemy import insert, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import BigInteger, Column, Connection, Integer, String, Table, event, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
 
-from gateway.engine.store import Store, StoreTransaction, audit_events, audit_head
+from gateway.store import Store, UnitOfWork, UTCDateTime, metadata
 
 log = logging.getLogger(__name__)
 
 GENESIS = "0" * 64
 _MAX_TEXT = 100
+PENDING = "PENDING"
+"""The outcome of an attempt's first row when its outcome is decided after it (an upstream call)."""
+OUTCOME_UNKNOWN = "OUTCOME_UNKNOWN"
+"""How a `PENDING` attempt that never got its outcome row is shown."""
+
+# One row per attempt (two for an upstream attempt), never updated or deleted.
+audit_events = Table(
+    "audit_events",
+    metadata,
+    Column("seq", BigInteger, primary_key=True, autoincrement=False),
+    Column("at", UTCDateTime, nullable=False),
+    Column("action", String(32), nullable=False),
+    Column("outcome", String(64), nullable=False),
+    Column("request_id", String(64), nullable=False),
+    Column("caller", String(255), nullable=True),
+    Column("client_id", String(255), nullable=True),
+    Column("study_id", String(100), nullable=True),
+    Column("mode", String(100), nullable=True),
+    Column("subject_id", String(100), nullable=True),
+    Column("inventory_id", String(100), nullable=True),
+    Column("access_id", String(100), nullable=True),
+    Column("attempt_seq", BigInteger, nullable=True),
+    Column("prev_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),
+)
+
+# The chain's head: one row, locked by each batch so that batches from every process line up.
+audit_head = Table(
+    "audit_head",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("seq", BigInteger, nullable=False),
+    Column("hash", String(64), nullable=False),
+)
+
+TABLES = (audit_events, audit_head)
+
+
+@event.listens_for(audit_head, "after_create")
+def _genesis(target: Table, connection: Connection, **_: object) -> None:
+    """The head exists with its table: no batch ever races to create it."""
+    connection.execute(insert(target).values(id=1, seq=0, hash=GENESIS))
 
 
 def clip(value: str | None) -> str | None:
@@ -53,6 +105,18 @@ class AuditEvent:
     mode: str | None = None
     subject_id: str | None = None
     inventory_id: str | None = None
+    access_id: str | None = None
+    """The access ID issued (a successful regeneration) or presented (a bootstrap); never the OTP."""
+    attempt_seq: int | None = None
+    """On an outcome row recorded after an upstream call: the seq of the attempt's `PENDING` row."""
+
+
+@dataclass
+class Receipt:
+    """Where an appended event landed in the chain: `seq` is set when its batch is written."""
+
+    event: AuditEvent
+    seq: int = 0
 
 
 @dataclass(frozen=True)
@@ -77,37 +141,34 @@ def link_hash(prev_hash: str, seq: int, event: AuditEvent) -> str:
     return hashlib.sha256(f"{prev_hash}\n{canonical}".encode()).hexdigest()
 
 
-async def append_in(tx: StoreTransaction, event: AuditEvent) -> AuditRecord:
-    """Append inside an open transaction (so an engine change and its row commit together)."""
-    conn = tx.connection
-    head = (await conn.execute(select(audit_head).where(audit_head.c.id == 1).with_for_update())).first()
-    if head is None:
-        # First row ever. Two processes racing here collide on the primary key; the loser retries.
-        await conn.execute(insert(audit_head).values(id=1, seq=0, hash=GENESIS))
-        seq, prev_hash = 1, GENESIS
-    else:
-        seq, prev_hash = head.seq + 1, head.hash
-    digest = link_hash(prev_hash, seq, event)
-    record = AuditRecord(**asdict(event), seq=seq, prev_hash=prev_hash, hash=digest)
-    await conn.execute(insert(audit_events).values(**asdict(record)))
-    await conn.execute(update(audit_head).where(audit_head.c.id == 1).values(seq=seq, hash=digest))
-    return record
-
-
 class AuditTrail:
-    """The trail in a store."""
+    """The trail in a store: a participant of its group commit (`append` defers rows to `flush`)."""
 
     def __init__(self, store: Store) -> None:
         self.store = store
+        store.join(self)
 
-    async def append(self, event: AuditEvent) -> AuditRecord:
-        try:
-            async with self.store.transaction() as tx:
-                return await append_in(tx, event)
-        except IntegrityError:
-            # Another process wrote the very first head row at the same moment: it exists now.
-            async with self.store.transaction() as tx:
-                return await append_in(tx, event)
+    def append(self, work: UnitOfWork, event: AuditEvent) -> Receipt:
+        """Add `event` to the trail in `work`'s batch: committed with the unit's other writes, or not at all."""
+        receipt = Receipt(event)
+        work.defer(self, receipt)
+        return receipt
+
+    async def begin_batch(self, connection: AsyncConnection) -> None:
+        if connection.dialect.name == "postgresql":
+            await connection.execute(_LOCK_HEAD)
+
+    async def flush(self, connection: AsyncConnection, items: Sequence[object]) -> None:
+        seq, prev_hash = (await connection.execute(_HEAD)).one()
+        rows: list[dict[str, object]] = []
+        for item in items:
+            assert isinstance(item, Receipt)
+            seq += 1
+            digest = link_hash(prev_hash, seq, item.event)
+            rows.append({**asdict(item.event), "seq": seq, "prev_hash": prev_hash, "hash": digest})
+            item.seq, prev_hash = seq, digest
+        await connection.execute(insert(audit_events), rows)
+        await connection.execute(update(audit_head).where(audit_head.c.id == 1).values(seq=seq, hash=prev_hash))
 
     async def records(self) -> AsyncGenerator[AuditRecord, None]:
         """Every row in chain order, streamed."""
@@ -129,9 +190,36 @@ class AuditTrail:
                 if link_hash(prev_hash, record.seq, event) != record.hash:
                     return record.seq, "its contents do not match its hash"
                 prev_hash, expected_seq = record.hash, expected_seq + 1
-        async with self.store.transaction() as tx:
-            head = (await tx.connection.execute(select(audit_head))).first()
+        async with self.store.engine.connect() as conn:
+            head = (await conn.execute(select(audit_head))).first()
         last = expected_seq - 1
         if head is not None and (head.seq, head.hash) != (last, prev_hash):
             return last + 1, f"the chain ends at row {last} but its head says row {head.seq}: rows were removed"
         return last, None
+
+    async def attempts(self) -> AsyncGenerator[AuditRecord, None]:
+        """Each attempt once, in chain order: by its outcome row (a resolved `PENDING` row is left
+        out), or, for a `PENDING` row that was never resolved, that row with `OUTCOME_UNKNOWN`."""
+        unresolved = set(await self.unresolved())
+        async with aclosing(self.records()) as records:
+            async for record in records:
+                if record.outcome != PENDING:
+                    yield record
+                elif record.seq in unresolved:
+                    yield replace(record, outcome=OUTCOME_UNKNOWN)
+
+    async def unresolved(self) -> list[int]:
+        """The seqs of `PENDING` rows that no outcome row points to: attempts whose outcome is unknown."""
+        outcome = audit_events.alias("outcome")
+        resolved = select(outcome.c.attempt_seq).where(outcome.c.attempt_seq.is_not(None))
+        query = (
+            select(audit_events.c.seq)
+            .where(audit_events.c.outcome == PENDING, audit_events.c.seq.not_in(resolved))
+            .order_by(audit_events.c.seq)
+        )
+        async with self.store.engine.connect() as conn:
+            return list((await conn.execute(query)).scalars())
+
+
+_HEAD = select(audit_head.c.seq, audit_head.c.hash).where(audit_head.c.id == 1)
+_LOCK_HEAD = _HEAD.with_for_update()

@@ -3,7 +3,8 @@
 Like the mHealth Connector's endpoint: HTTP Basic with user = accessId and password = OTP.
 200 with the device's connection parameters; 401 for an unknown, wrong, expired or locked pair
 (the same answer for all four, so the endpoint tells a guesser nothing); 400 when the OTP was
-right but already spent. Every attempt is audited; the OTP never is.
+right but already spent. Every attempt is audited, in the same unit of work as what it changed;
+the OTP never is.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from gateway.audit import AuditEvent, AuditTrail, clip
-from gateway.engine.rules import BootstrapOutcome, CredentialEngine
+from gateway.engine.engine import Bootstrap, BootstrapOutcome, CredentialEngine
+from gateway.store import UnitOfWork
 
 _CHALLENGE = {"WWW-Authenticate": 'Basic realm="deviceBootstrap", charset="UTF-8"', "Cache-Control": "no-store"}
 
@@ -47,20 +49,25 @@ async def device_bootstrap(request: Request) -> JSONResponse:
     if credentials is None:
         return JSONResponse({"error": "HTTP Basic credentials (accessId:OTP) are required"}, 401, _CHALLENGE)
     access_id, otp = credentials
-    result = await engine.bootstrap(access_id, otp)
-    pair = result.pair
-    await audit.append(
-        AuditEvent(
+    request_id: str = request.state.request_id
+
+    async def record(work: UnitOfWork, result: Bootstrap) -> None:
+        pair = result.pair
+        event = AuditEvent(
             at=engine.clock(),
             action="bootstrap",
             outcome=result.outcome.value,
-            request_id=request.state.request_id,
+            request_id=request_id,
             caller=f"device:{clip(access_id)}",
             study_id=pair.study_id if pair else None,
             mode=pair.mode.value if pair else None,
             inventory_id=pair.inventory_id if pair else None,
+            access_id=clip(access_id),
         )
-    )
+        audit.append(work, event)
+
+    result = await engine.bootstrap(access_id, otp, record)
+    pair = result.pair
     if result.outcome is BootstrapOutcome.BOOTSTRAPPED:
         assert pair is not None
         return JSONResponse(

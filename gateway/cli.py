@@ -12,11 +12,12 @@ from dataclasses import replace
 from pathlib import Path
 
 from gateway import __version__
-from gateway.audit import AuditTrail
+from gateway.audit import OUTCOME_UNKNOWN, AuditTrail
 from gateway.auth import development_token, serve_hint
+from gateway.engine import tables
 from gateway.engine.registry import DEMO_REGISTRY, Registry, RegistryError, load_registry
-from gateway.engine.store import Store
 from gateway.settings import Settings, SettingsError
+from gateway.store import Store
 
 SCHEMA_FILE = Path("schema.graphql")
 
@@ -39,11 +40,13 @@ def exported_schema() -> str:
 
 
 async def _seed(settings: Settings, registry: Registry, *, only_if_empty: bool) -> bool:
-    store = await Store.open(settings.store_url, schema=settings.database_schema)
+    from gateway.app import store_tables
+
+    store = await Store.open(settings.store_url, schema=settings.database_schema, tables=store_tables(settings))
     try:
-        if only_if_empty and not await store.is_empty():
+        if only_if_empty and not await tables.store_is_empty(store):
             return False
-        await store.seed(registry)
+        await tables.seed(store, registry)
         return True
     finally:
         await store.close()
@@ -96,7 +99,7 @@ def seed(settings: Settings, path: Path) -> int:
 
 
 async def audit(settings: Settings, action: str, output: Path | None) -> int:
-    store = await Store.open(settings.store_url, schema=settings.database_schema)
+    store = await Store.open(settings.store_url, schema=settings.database_schema, create=False)
     try:
         trail = AuditTrail(store)
         if action == "verify":
@@ -105,10 +108,21 @@ async def audit(settings: Settings, action: str, output: Path | None) -> int:
                 print(f"audit trail BROKEN at row {seq}: {problem}", file=sys.stderr)
                 return 1
             print(f"audit trail intact: {seq} rows")
+            unknown = await trail.unresolved()
+            if unknown:
+                rows = ", ".join(str(seq) for seq in unknown[:20]) + (", …" if len(unknown) > 20 else "")
+                print(
+                    f"{len(unknown)} attempts with {OUTCOME_UNKNOWN}: an upstream call began and its outcome "
+                    f"was never recorded (rows {rows})"
+                )
             return 0
+        unknown_rows = set(await trail.unresolved())
         with output.open("w", encoding="utf-8") if output else nullcontext(sys.stdout) as sink:
             async for record in trail.records():
-                sink.write(json.dumps(record.to_json(), sort_keys=True) + "\n")
+                row = record.to_json()
+                if record.seq in unknown_rows:
+                    row.update(outcome=OUTCOME_UNKNOWN, recorded_outcome=record.outcome)
+                sink.write(json.dumps(row, sort_keys=True) + "\n")
         return 0
     finally:
         await store.close()

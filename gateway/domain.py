@@ -9,10 +9,19 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Protocol
+from datetime import UTC, datetime
+from typing import Any, Protocol, TypeVar
+
+T = TypeVar("T")
+
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    """The wall clock, in UTC: the default `Clock` everywhere."""
+    return datetime.now(UTC)
 
 
 class StudyMode(enum.Enum):
@@ -248,12 +257,37 @@ class Caller:
     principal: Principal | None = None
 
 
+Change = Callable[[Any], Awaitable[T]]
+"""A backend's writes, run inside the attempt's unit of work (a function of `gateway.store.UnitOfWork`)."""
+
+
+class Attempt(Protocol):
+    """One regeneration attempt's unit of work, handed by the service to the backend, which
+    makes it durable once, before anything it does becomes visible:
+
+    - `commit(change)` (the local engine): the attempt's rate-limit counts, the change and the
+      attempt's audit row commit in one transaction, or none of them does; a `Refusal` the change
+      raises (before it writes) commits the counts and the refusal's audit row;
+    - `begin()` (a backend that asks elsewhere, before its call): the counts and an audit row
+      saying the call is under way are durable first; the outcome row follows when it ends.
+
+    Both raise `Refusal(RATE_LIMITED)` (committed too) when the attempt is over a limit.
+    """
+
+    async def commit(self, change: Change[T]) -> T:
+        """Run `change` in the attempt's unit of work and commit it; return what it returned."""
+
+    async def begin(self) -> None:
+        """Commit the attempt as under way, before a call whose outcome is recorded after it."""
+
+
 class Backend(Protocol):
     """The one seam: the local credential engine and the upstream client both implement it."""
 
     name: str
     """`local` or `upstream`."""
 
-    async def regenerate(self, ref: DeviceRef, caller: Caller) -> Credentials:
-        """New credentials for the device, or raise `Refusal`."""
+    async def regenerate(self, ref: DeviceRef, caller: Caller, attempt: Attempt) -> Credentials:
+        """New credentials for the device, or raise `Refusal`; `attempt.commit` is called before
+        any change is made."""
         ...

@@ -1,34 +1,47 @@
-"""One regeneration attempt, the same for every face: check, authorise, limit, delegate, audit.
+"""One regeneration attempt, the same for every face: check, authorise, then one unit of work.
 
 The faces hand over what the caller sent; `RegenerationService.regenerate` turns it into a
-`DeviceRef` (or `InvalidInput`), checks the caller's right for that study and mode, counts the
-attempt against the device's and the caller's rate limits, asks the backend, and writes one
-audit row whatever happened. A refused attempt stops at the first check that fails: a caller
-without the right never reaches the rate limiter, the engine or the upstream.
+`DeviceRef` (or `InvalidInput`) and checks the caller's right for that study and mode. Then the
+backend runs the attempt, handed an `Attempt` (the attempt's unit of work): the device's and the
+caller's rate-limit counts, what the backend changes and the attempt's audit row commit in one
+transaction (the local engine), or the counts and a `PENDING` row commit before an upstream call
+and the outcome row after it. A refused attempt stops at the first check that fails: a caller
+without the right never reaches the rate limiter, the engine or the upstream; every attempt
+leaves exactly one audit row (an upstream one, two).
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
+from typing import Any
 
-from gateway.audit import AuditEvent, AuditTrail, clip
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from gateway.audit import PENDING, AuditEvent, AuditTrail, Receipt, clip
 from gateway.domain import (
     DEVICE_ACTIONS_POST,
     Backend,
     Caller,
+    Change,
+    Clock,
     Credentials,
     DeviceRef,
     ErrorCode,
     Refusal,
+    T,
     parse_mode,
+    utc_now,
 )
-from gateway.engine.rules import Clock, utc_now
-from gateway.limits import Limit, RateLimiter
+from gateway.rate_limits import Limit, RateLimiter
 from gateway.settings import Settings
+from gateway.store import UnitOfWork
 
 log = logging.getLogger(__name__)
+
+SUCCESS = "SUCCESS"
+UNEXPECTED_ERROR = "UNEXPECTED_ERROR"
 
 
 @dataclass(frozen=True)
@@ -49,6 +62,22 @@ class DeviceRequest:
             subject_id=self.subject_id,
             inventory_id=self.inventory_id,
             m_subject_id=self.m_subject_id,
+        )
+
+    def event(self, ref: DeviceRef | None, caller: Caller, outcome: str, at_clock: Clock) -> AuditEvent:
+        """The audit row of an attempt at this request (input clipped when it did not parse)."""
+        principal = caller.principal
+        return AuditEvent(
+            at=at_clock(),
+            action="regenerate",
+            outcome=outcome,
+            request_id=caller.request_id,
+            caller=clip(principal.subject) if principal else None,
+            client_id=clip(principal.client_id) if principal else None,
+            study_id=ref.study_id if ref else clip(self.study_id),
+            mode=ref.mode.value if ref else clip(self.mode),
+            subject_id=ref.subject_id if ref else clip(self.subject_id),
+            inventory_id=ref.inventory_id if ref else clip(self.inventory_id),
         )
 
 
@@ -82,20 +111,27 @@ class RegenerationService:
         self.clock = clock
 
     async def regenerate(self, request: DeviceRequest, caller: Caller) -> Credentials:
-        outcome = "UNEXPECTED_ERROR"
         ref: DeviceRef | None = None
         try:
             ref = request.parse()
             self._authorize(ref, caller)
-            await self._limit(ref, caller)
-            credentials = await self.backend.regenerate(ref, caller)
-            outcome = "SUCCESS"
+        except Refusal as refusal:
+            await self._record(request.event(ref, caller, refusal.code.value, self.clock))
+            raise
+        attempt = RegenerationAttempt(self, request, ref, caller)
+        outcome = UNEXPECTED_ERROR
+        credentials: Credentials | None = None
+        try:
+            await attempt.check()  # a caller over a limit never reaches the backend
+            credentials = await self.backend.regenerate(ref, caller, attempt)
+            outcome = SUCCESS
             return credentials
         except Refusal as refusal:
             outcome = refusal.code.value
             raise
         finally:
-            await self._record(request, ref, caller, outcome)
+            if not attempt.settled:
+                await self._record(attempt.outcome_event(outcome, credentials))
 
     def _authorize(self, ref: DeviceRef, caller: Caller) -> None:
         principal = caller.principal
@@ -109,31 +145,97 @@ class RegenerationService:
                 f"{DEVICE_ACTIONS_POST} is not granted for this study in {ref.mode.value} mode",
             )
 
-    async def _limit(self, ref: DeviceRef, caller: Caller) -> None:
-        device = f"{ref.study_id}/{ref.mode.value}/{ref.inventory_id}"
-        who = caller.principal.subject if caller.principal else "anonymous"
-        for limit, key in ((self.policy.device_limit, device), (self.policy.caller_limit, who)):
-            retry_after = await self.limiter.hit(limit, key)
-            if retry_after is not None:
-                raise Refusal(ErrorCode.RATE_LIMITED, retry_after_seconds=retry_after)
+    async def _record(self, event: AuditEvent) -> None:
+        """An audit row in a unit of its own: an attempt that never reached (or never finished) its unit."""
 
-    async def _record(self, request: DeviceRequest, ref: DeviceRef | None, caller: Caller, outcome: str) -> None:
-        principal = caller.principal
-        event = AuditEvent(
-            at=self.clock(),
-            action="regenerate",
-            outcome=outcome,
-            request_id=caller.request_id,
-            caller=clip(principal.subject) if principal else None,
-            client_id=clip(principal.client_id) if principal else None,
-            study_id=ref.study_id if ref else clip(request.study_id),
-            mode=ref.mode.value if ref else clip(request.mode),
-            subject_id=ref.subject_id if ref else clip(request.subject_id),
-            inventory_id=ref.inventory_id if ref else clip(request.inventory_id),
-        )
+        async def append(work: UnitOfWork) -> None:
+            self.audit.append(work, event)
+
         try:
-            await self.audit.append(event)
+            await self.audit.store.submit(append)
         except Exception:
-            # The attempt has happened (new credentials may exist): answering it matters more than
-            # failing it. The failure is loud, with what the row would have said (no secrets in it).
-            log.exception("AUDIT WRITE FAILED (request %s): %s", caller.request_id, event)
+            # The attempt has happened (an upstream may have made new credentials): answering it
+            # matters more than failing it. The failure is loud, with what the row would have said.
+            log.exception("AUDIT WRITE FAILED (request %s): %s", event.request_id, event)
+
+
+class RegenerationAttempt:
+    """The service's `Attempt`: rate-limit counts, the backend's change and the audit row, together."""
+
+    def __init__(self, service: RegenerationService, request: DeviceRequest, ref: DeviceRef, caller: Caller) -> None:
+        self.service = service
+        self.request = request
+        self.ref = ref
+        self.caller = caller
+        self.pending: Receipt | None = None
+        """The `PENDING` row, once `begin` committed it."""
+        self.settled = False
+        """True once the attempt's last audit row is committed."""
+        who = caller.principal.subject if caller.principal else "anonymous"
+        policy = service.policy
+        self.limits = (
+            (policy.device_limit, f"{ref.study_id}/{ref.mode.value}/{ref.inventory_id}"),
+            (policy.caller_limit, who),
+        )
+
+    def _event(self, outcome: str) -> AuditEvent:
+        return self.request.event(self.ref, self.caller, outcome, self.service.clock)
+
+    def outcome_event(self, outcome: str, credentials: Credentials | None) -> AuditEvent:
+        """The row that settles the attempt (after `begin`: pointing back to its `PENDING` row)."""
+        return replace(
+            self._event(outcome),
+            access_id=credentials.access_id if credentials else None,
+            attempt_seq=self.pending.seq if self.pending else None,
+        )
+
+    async def check(self) -> None:
+        """Raise `Refusal(RATE_LIMITED)` if a commit now would be over a limit; counts nothing (one read)."""
+        async with self.service.audit.store.engine.connect() as conn:
+            retry_after = await self.service.limiter.peek(conn, self.limits)
+        if retry_after is not None:
+            raise Refusal(ErrorCode.RATE_LIMITED, retry_after_seconds=retry_after)
+
+    async def commit(self, change: Change[T]) -> T:
+        value, _ = await self._commit(change, SUCCESS)
+        self.settled = True
+        return value
+
+    async def begin(self) -> None:
+        _, self.pending = await self._commit(_nothing, PENDING)
+
+    async def _commit(self, change: Change[T], outcome: str) -> tuple[T, Receipt]:
+        audit = self.service.audit
+
+        async def unit(work: UnitOfWork) -> tuple[T, Receipt] | Refusal:
+            refusal = await self._count(work.connection)
+            if refusal is None:
+                try:
+                    value = await change(work)
+                except Refusal as refused:
+                    refusal = refused
+            if refusal is not None:
+                audit.append(work, self._event(refusal.code.value))
+                return refusal
+            return value, audit.append(work, replace(self._event(outcome), access_id=_access_id(value)))
+
+        answer = await audit.store.submit(unit)
+        if isinstance(answer, Refusal):
+            self.settled = True
+            raise answer
+        return answer
+
+    async def _count(self, conn: AsyncConnection) -> Refusal | None:
+        for limit, key in self.limits:
+            retry_after = await self.service.limiter.hit(conn, limit, key)
+            if retry_after is not None:
+                return Refusal(ErrorCode.RATE_LIMITED, retry_after_seconds=retry_after)
+        return None
+
+
+async def _nothing(work: UnitOfWork) -> None:
+    return None
+
+
+def _access_id(credentials: Any) -> str | None:
+    return credentials.access_id if isinstance(credentials, Credentials) else None

@@ -21,14 +21,15 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from gateway.app import create_app
+from gateway.app import create_app, store_tables
 from gateway.auth import mint_token
 from gateway.domain import DEVICE_ACTIONS_POST, DeviceRef, ErrorCode, StudyMode
+from gateway.engine.engine import CredentialEngine
 from gateway.engine.registry import DEMO_REGISTRY, load_registry
-from gateway.engine.rules import CredentialEngine
-from gateway.engine.store import Store
+from gateway.engine.tables import seed
 from gateway.service import DeviceRequest
 from gateway.settings import Settings
+from gateway.store import Store
 from tests.utils import run_server
 
 pytest_plugins = ["tests.secret_watch"]
@@ -41,6 +42,7 @@ STUDY = "DE305D5475B4431BADB2EB6B9E546014"
 SUBJECT = "A1B2C3D4E5F60718293A4B5C6D7E8F90"
 OTHER_SUBJECT = "B2C3D4E5F60718293A4B5C6D7E8F90A1"
 READY_DEVICE = "DEMO-READY-01"
+ALL_TABLES = store_tables(Settings(backend="local"))
 
 
 @pytest.fixture
@@ -93,8 +95,8 @@ async def database(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncItera
 @pytest.fixture
 async def store(database: Database) -> AsyncIterator[Store]:
     """An open store with the demo registry loaded."""
-    store = await Store.open(database.url, schema=database.schema)
-    await store.seed(load_registry(DEMO_REGISTRY))
+    store = await Store.open(database.url, schema=database.schema, tables=ALL_TABLES)
+    await seed(store, load_registry(DEMO_REGISTRY))
     try:
         yield store
     finally:
@@ -162,8 +164,8 @@ def bearer(
 @pytest.fixture
 async def gateway_url(settings: Settings) -> AsyncIterator[str]:
     """The gateway (local backend, demo data) served by uvicorn on a free loopback port."""
-    store = await Store.open(settings.store_url, schema=settings.database_schema)
-    await store.seed(load_registry(DEMO_REGISTRY))
+    store = await Store.open(settings.store_url, schema=settings.database_schema, tables=ALL_TABLES)
+    await seed(store, load_registry(DEMO_REGISTRY))
     await store.close()
     async with run_server(create_app(settings)) as url:
         yield url

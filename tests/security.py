@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from gateway.domain import DEVICE_ACTIONS_POST, Caller, Credentials, DeviceRef
+from gateway.domain import DEVICE_ACTIONS_POST, Attempt, Caller, Credentials, DeviceRef
 from gateway.settings import Settings
 from tests.conftest import STUDY, TEST_HS256_SECRET, TEST_KDF_COST
 
@@ -117,7 +117,7 @@ class RecordingBackend:
     def __init__(self) -> None:
         self.callers: list[Caller] = []
 
-    async def regenerate(self, ref: DeviceRef, caller: Caller) -> Credentials:
+    async def regenerate(self, ref: DeviceRef, caller: Caller, attempt: Attempt) -> Credentials:
         self.callers.append(caller)
         return Credentials(access_id="ABC234", otp="ABCD2345", device_id="F" * 32, expires_at=None)
 

@@ -14,8 +14,8 @@ import pytest
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from gateway.app import create_app
-from gateway.domain import CAUSES, Backend, Caller, Credentials, DeviceRef, ErrorCode
-from gateway.engine.store import credentials
+from gateway.domain import CAUSES, Attempt, Backend, Caller, Credentials, DeviceRef, ErrorCode
+from gateway.engine.tables import credentials
 from gateway.settings import Settings
 from tests.conftest import DEMO_REFUSALS, READY_DEVICE, SUBJECT, bearer, regenerate, rest_path
 from tests.utils import run_server
@@ -179,7 +179,7 @@ class ExplodingBackend:
 
     name = "local"
 
-    async def regenerate(self, ref: DeviceRef, caller: Caller) -> Credentials:
+    async def regenerate(self, ref: DeviceRef, caller: Caller, attempt: Attempt) -> Credentials:
         raise RuntimeError("secret internals: /srv/db password=hunter2")
 
 

@@ -11,9 +11,9 @@ import pytest
 from gateway.app import create_app
 from gateway.audit import AuditTrail
 from gateway.domain import Caller, Credentials
-from gateway.engine.rules import CredentialEngine
-from gateway.engine.store import Store
+from gateway.engine.engine import CredentialEngine
 from gateway.settings import Settings
+from gateway.store import Store
 from tests.conftest import READY_DEVICE, READY_REF, STUDY, TEST_KDF_COST, Clock
 from tests.utils import run_server
 

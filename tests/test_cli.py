@@ -19,10 +19,10 @@ import httpx
 import pytest
 
 from gateway.cli import SAMPLE_MUTATION, exported_schema
+from gateway.engine.engine import CredentialEngine
 from gateway.engine.registry import DEMO_REGISTRY
-from gateway.engine.rules import CredentialEngine
-from gateway.engine.store import Store
 from gateway.settings import Settings
+from gateway.store import Store
 from tests.utils import free_port
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -11,8 +11,9 @@ from sqlalchemy import func, select
 
 from gateway.domain import Caller, Credentials, DeviceRef, ErrorCode, Refusal
 from gateway.engine import codes
-from gateway.engine.rules import BootstrapOutcome, CredentialEngine
-from gateway.engine.store import Store, credentials
+from gateway.engine.engine import BootstrapOutcome, CredentialEngine
+from gateway.engine.tables import credentials
+from gateway.store import Store
 from tests.conftest import DEMO_REFUSALS, OTHER_SUBJECT, READY_DEVICE, Clock, ref_for
 
 pytestmark = pytest.mark.anyio

@@ -11,7 +11,8 @@ import pytest
 from sqlalchemy import select
 
 from gateway.engine.registry import DEMO_REGISTRY, RegistryError, load_registry, parse_registry
-from gateway.engine.store import Store, metadata
+from gateway.engine.tables import seed
+from gateway.store import Store, metadata
 from tests.conftest import STUDY, SUBJECT
 
 pytestmark = pytest.mark.anyio
@@ -90,7 +91,7 @@ async def test_a_bad_file_is_refused_whole_and_writes_nothing(
     path.write_text(json.dumps(data))
     before = await snapshot(store)
     with pytest.raises(RegistryError) as caught:
-        await store.seed(load_registry(path))
+        await seed(store, load_registry(path))
     assert message.replace("DEMO-", "NEW-") in str(caught.value)
     assert await snapshot(store) == before
 
@@ -98,18 +99,18 @@ async def test_a_bad_file_is_refused_whole_and_writes_nothing(
 async def test_references_are_checked_against_the_store_too(store: Store) -> None:
     # The subject lives in the store only: the new device may be dispensed to it.
     device = {**DEMO["devices"][0], "inventoryId": "LATER-01", "instanceId": "C" * 32}
-    await store.seed(parse_registry({"devices": [device]}))
+    await seed(store, parse_registry({"devices": [device]}))
     before = await snapshot(store)
     orphan = {**device, "inventoryId": "LATER-02", "dispensedTo": "E" * 32}
     with pytest.raises(RegistryError, match=r"devices\[0\] \(inventoryId LATER-02\)\.dispensedTo"):
-        await store.seed(parse_registry({"devices": [orphan]}))
+        await seed(store, parse_registry({"devices": [orphan]}))
     assert await snapshot(store) == before
 
 
 async def test_seeding_upserts(store: Store) -> None:
     changed = demo_with(lambda d: d["devices"][3].update(dispensedTo=SUBJECT))
-    await store.seed(parse_registry(changed))
-    await store.seed(parse_registry(changed))  # idempotent
+    await seed(store, parse_registry(changed))
+    await seed(store, parse_registry(changed))  # idempotent
     rows = (await snapshot(store))["devices"]
     assert len(rows) == len(DEMO["devices"])
     in_stock = next(row for row in rows if row[2] == "DEMO-IN-STOCK")

@@ -15,9 +15,10 @@ from gateway.app import create_app
 from gateway.audit import AuditTrail
 from gateway.domain import CAUSES, ErrorCode
 from gateway.engine.registry import DEMO_REGISTRY, load_registry
-from gateway.engine.store import Store
+from gateway.engine.tables import seed
 from gateway.settings import Settings
-from tests.conftest import REGENERATE, STUDY, bearer, device_input, rest_path
+from gateway.store import Store
+from tests.conftest import ALL_TABLES, REGENERATE, STUDY, bearer, device_input, rest_path
 from tests.security import sqlite_settings
 from tests.upstream_servers import ScriptedUpstream, serve_scripted
 from tests.utils import run_server
@@ -49,7 +50,7 @@ class Deployment:
     async def outcomes(self) -> list[str]:
         store = await Store.open(self.settings.store_url, create=False)
         try:
-            return [record.outcome async for record in AuditTrail(store).records()]
+            return [record.outcome async for record in AuditTrail(store).attempts()]
         finally:
             await store.close()
 
@@ -64,8 +65,8 @@ async def deploy(backend: str, tmp_path: Path, **overrides: Any) -> AsyncIterato
             upstream, url = await stack.enter_async_context(serve_scripted())
             settings = replace(settings, backend="upstream", upstream_url=url)
         else:
-            store = await Store.open(settings.store_url)
-            await store.seed(load_registry(DEMO_REGISTRY))
+            store = await Store.open(settings.store_url, tables=ALL_TABLES)
+            await seed(store, load_registry(DEMO_REGISTRY))
             await store.close()
         base = await stack.enter_async_context(run_server(create_app(settings)))
         client = await stack.enter_async_context(httpx.AsyncClient(base_url=base, timeout=10))

@@ -9,13 +9,13 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import delete, func, select, update
 
-from gateway.audit import AuditTrail
-from gateway.domain import Caller, Credentials, DeviceRef, ErrorCode, Principal, Refusal
-from gateway.engine.rules import CredentialEngine
-from gateway.engine.store import Store, audit_events
-from gateway.limits import Limit, RateLimiter
+from gateway.audit import AuditTrail, audit_events
+from gateway.domain import Attempt, Caller, Credentials, DeviceRef, ErrorCode, Principal, Refusal
+from gateway.engine.engine import CredentialEngine
+from gateway.rate_limits import Limit, RateLimiter
 from gateway.service import DeviceRequest, Policy, RegenerationService
 from gateway.settings import Settings
+from gateway.store import Store
 from tests.conftest import READY_DEVICE, STUDY, SUBJECT, Clock
 
 pytestmark = pytest.mark.anyio
@@ -31,9 +31,9 @@ class CountingBackend:
         self.name = engine.name
         self.calls = 0
 
-    async def regenerate(self, ref: DeviceRef, caller: Caller) -> Credentials:
+    async def regenerate(self, ref: DeviceRef, caller: Caller, attempt: Attempt) -> Credentials:
         self.calls += 1
-        return await self.engine.regenerate(ref, caller)
+        return await self.engine.regenerate(ref, caller, attempt)
 
 
 def request(**overrides: str) -> DeviceRequest:
@@ -204,7 +204,7 @@ async def test_an_unrecognised_upstream_error_is_audited(store: Store, clock: Cl
     class Unrecognised:
         name = "upstream"
 
-        async def regenerate(self, ref: DeviceRef, caller: Caller) -> Credentials:
+        async def regenerate(self, ref: DeviceRef, caller: Caller, attempt: Attempt) -> Credentials:
             raise Refusal(ErrorCode.UNRECOGNIZED_UPSTREAM_ERROR, upstream_status=418, upstream_code="TEAPOT")
 
     policy = Policy.from_settings(Settings())
@@ -219,15 +219,15 @@ async def test_tampering_is_found(store: Store, engine: CredentialEngine, clock:
         await svc.regenerate(request(), caller())
     trail = AuditTrail(store)
     assert await trail.verify() == (4, None)
-    async with store.transaction() as tx:
-        await tx.connection.execute(update(audit_events).where(audit_events.c.seq == 2).values(caller="mallory"))
+    async with store.transaction() as conn:
+        await conn.execute(update(audit_events).where(audit_events.c.seq == 2).values(caller="mallory"))
     assert await trail.verify() == (2, "its contents do not match its hash")
-    async with store.transaction() as tx:
-        await tx.connection.execute(update(audit_events).where(audit_events.c.seq == 2).values(caller="site-user"))
-        await tx.connection.execute(delete(audit_events).where(audit_events.c.seq == 4))
+    async with store.transaction() as conn:
+        await conn.execute(update(audit_events).where(audit_events.c.seq == 2).values(caller="site-user"))
+        await conn.execute(delete(audit_events).where(audit_events.c.seq == 4))
     assert (await trail.verify())[0] == 4
-    async with store.transaction() as tx:
-        await tx.connection.execute(delete(audit_events).where(audit_events.c.seq == 1))
+    async with store.transaction() as conn:
+        await conn.execute(delete(audit_events).where(audit_events.c.seq == 1))
     assert await trail.verify() == (2, "row 1 is missing (found 2)")
     async with store.engine.connect() as conn:
         assert (await conn.execute(select(func.count()).select_from(audit_events))).scalar_one() == 2

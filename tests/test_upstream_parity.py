@@ -26,11 +26,21 @@ from gateway.app import create_app
 from gateway.domain import CAUSES, DeviceRef, ErrorCode, InvalidInput, StudyMode
 from gateway.engine import codes
 from gateway.engine.registry import DEMO_REGISTRY, load_registry
-from gateway.engine.store import Store
+from gateway.engine.tables import seed
 from gateway.settings import Settings
+from gateway.store import Store
 from gateway.upstream import UpstreamClient
 from gateway.upstream.client import access_code_path
-from tests.conftest import DEMO_REFUSALS, READY_DEVICE, STUDY, SUBJECT, TEST_KDF_COST, device_input, regenerate
+from tests.conftest import (
+    ALL_TABLES,
+    DEMO_REFUSALS,
+    READY_DEVICE,
+    STUDY,
+    SUBJECT,
+    TEST_KDF_COST,
+    device_input,
+    regenerate,
+)
 from tests.upstream_servers import ScriptedUpstream, serve_scripted
 from tests.utils import run_server
 
@@ -70,8 +80,8 @@ def base_settings(data_dir: Path, **overrides: Any) -> Settings:
 async def serve_gateway(backend: str, tmp_path: Path) -> AsyncIterator[Served]:
     """The local gateway over the demo registry and, for `upstream`, a second gateway in front of it."""
     local = base_settings(tmp_path / "local")
-    store = await Store.open(local.store_url)
-    await store.seed(load_registry(DEMO_REGISTRY))
+    store = await Store.open(local.store_url, tables=ALL_TABLES)
+    await seed(store, load_registry(DEMO_REGISTRY))
     await store.close()
     async with AsyncExitStack() as stack:
         front = create_app(local)

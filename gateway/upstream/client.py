@@ -20,7 +20,7 @@ import anyio
 import httpx
 
 from gateway import __version__
-from gateway.domain import Caller, Credentials, DeviceRef, InvalidInput, Refusal
+from gateway.domain import Attempt, Caller, Credentials, DeviceRef, InvalidInput, Refusal
 from gateway.rest import ACCESS_CODE_PATH
 from gateway.settings import Settings
 from gateway.upstream.auth import ClientCredentialsAuth, ForwardAuth, UpstreamAuth
@@ -152,11 +152,13 @@ class UpstreamClient:
             now=now,
         )
 
-    async def regenerate(self, ref: DeviceRef, caller: Caller) -> Credentials:
+    async def regenerate(self, ref: DeviceRef, caller: Caller, attempt: Attempt | None = None) -> Credentials:
         path = access_code_path(ref)  # before anything else: a bad value never leaves the gateway
         ticket = self.breaker.admit(caller.request_id)
         outcome = Outcome.NONE
         try:
+            if attempt is not None:
+                await attempt.begin()  # durable before the call: a crash during it leaves an attempt of unknown outcome
             async with self.limit.turn(caller.request_id):
                 try:
                     credentials = await self._exchange(path, ref, caller)

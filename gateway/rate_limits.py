@@ -1,0 +1,97 @@
+"""Rate limits on regeneration, per device and per caller, kept in the store with their table.
+
+Fixed windows: a counter row per key holds the window's start and the attempts in it. A hit is
+one upsert (`INSERT … ON CONFLICT DO UPDATE … RETURNING`) inside the attempt's unit of work, so
+the count commits with the attempt or not at all, and every process sharing the store counts
+into the same row: the limits hold across replicas.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import Column, Integer, String, Table, bindparam, case, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from gateway.store import Store, UTCDateTime, metadata
+
+# Fixed-window counters: one row per limited key (a device, a caller).
+rate_counters = Table(
+    "rate_counters",
+    metadata,
+    Column("key", String(255), primary_key=True),
+    Column("window_start", UTCDateTime, nullable=False),
+    Column("count", Integer, nullable=False),
+)
+
+TABLES = (rate_counters,)
+
+
+@dataclass(frozen=True)
+class Limit:
+    """At most `attempts` per `window`, for keys with this prefix (`device`, `caller`)."""
+
+    prefix: str
+    attempts: int
+    window: timedelta
+
+    def key(self, key: str) -> str:
+        return f"{self.prefix}:{key}"[:255]
+
+
+class RateLimiter:
+    def __init__(self, store: Store, clock: Callable[[], datetime]) -> None:
+        self.store = store
+        self.clock = clock
+        insert = pg_insert if store.dialect == "postgresql" else sqlite_insert
+        now = bindparam("now", type_=UTCDateTime)
+        stmt = insert(rate_counters).values(key=bindparam("key"), window_start=now, count=1)
+        # A window that has ended starts again at this attempt.
+        ended = rate_counters.c.window_start <= bindparam("cutoff", type_=UTCDateTime)
+        self._hit = stmt.on_conflict_do_update(
+            index_elements=[rate_counters.c.key],
+            set_={
+                "count": case((ended, 1), else_=rate_counters.c.count + 1),
+                "window_start": case((ended, now), else_=rate_counters.c.window_start),
+            },
+        ).returning(rate_counters.c.count, rate_counters.c.window_start)
+
+    async def hit(self, connection: AsyncConnection, limit: Limit, key: str) -> int | None:
+        """Count one attempt; None when it is within the limit, else the seconds until the window ends."""
+        if limit.attempts <= 0:
+            return None
+        now = self.clock()
+        result = await connection.execute(
+            self._hit,
+            {"key": limit.key(key), "now": now, "cutoff": now - limit.window},
+        )
+        count, window_start = result.one()
+        return _retry_after(limit, count, window_start, now)
+
+    async def peek(self, connection: AsyncConnection, hits: Sequence[tuple[Limit, str]]) -> int | None:
+        """What counting `hits` would answer now (the longest wait, or None), counting nothing: one query."""
+        limits = {limit.key(key): limit for limit, key in hits if limit.attempts > 0}
+        if not limits:
+            return None
+        now = self.clock()
+        query = select(rate_counters.c.key, rate_counters.c.count, rate_counters.c.window_start).where(
+            rate_counters.c.key.in_(limits)
+        )
+        waits = [
+            _retry_after(limits[key], count + 1, window_start, now)
+            for key, count, window_start in await connection.execute(query)
+            if window_start > now - limits[key].window
+        ]
+        return max((wait for wait in waits if wait is not None), default=None)
+
+
+def _retry_after(limit: Limit, count: int, window_start: datetime, now: datetime) -> int | None:
+    if count <= limit.attempts:
+        return None
+    remaining = (window_start + limit.window - now).total_seconds()
+    return max(1, math.ceil(remaining))
