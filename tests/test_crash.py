@@ -1,0 +1,221 @@
+"""SIGKILL a real `gateway serve` in the middle of its work, restart it, and check what survived.
+
+Local engine: ≥ 100 concurrent regenerations over several devices, killed mid-flight. Afterwards
+every committed credential has its audit row, every pair a client received has its SUCCESS row,
+at most one pair per device works (the stored one), and `gateway audit verify` passes.
+Upstream mode: killed while the upstream holds the call; the attempt is `OUTCOME_UNKNOWN` after.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+from sqlalchemy import select
+
+from gateway.audit import OUTCOME_UNKNOWN, PENDING, AuditTrail, audit_events
+from gateway.engine import codes
+from gateway.engine.tables import credentials
+from gateway.store import Store
+from tests.conftest import Database
+from tests.upstream_servers import ScriptedUpstream
+from tests.utils import free_port, run_server
+
+pytestmark = pytest.mark.anyio
+
+STUDY = "C0FFEE00C0FFEE00C0FFEE00C0FFEE00"
+DEVICES = 6
+ATTEMPTS = 150
+
+
+def subject(index: int) -> str:
+    return f"5AB{index:029X}"
+
+
+def registry() -> dict[str, Any]:
+    return {
+        "studies": [{"id": STUDY, "modes": ["active"], "mhealthSettings": ["active"]}],
+        "subjects": [
+            {"id": subject(i), "studyId": STUDY, "mode": "active", "mSubjectId": f"CRASH-{i}"} for i in range(DEVICES)
+        ],
+        "devices": [
+            {
+                "inventoryId": f"CRASH-{i}",
+                "studyId": STUDY,
+                "mode": "active",
+                "instanceId": f"{i:032X}",
+                "connectionType": "DEVICE_TO_CLOUD",
+                "vendorCode": None,
+                "registered": True,
+                "dispensedTo": subject(i),
+            }
+            for i in range(DEVICES)
+        ],
+    }
+
+
+def environment(database: Database, tmp_path: Path, **settings: str) -> dict[str, str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    return {
+        **base,
+        "GATEWAY_ENV_FILE": "",
+        "GATEWAY_DATA_DIR": str(tmp_path / "data"),
+        "GATEWAY_DATABASE_URL": database.url,
+        "GATEWAY_DATABASE_SCHEMA": database.schema,
+        "GATEWAY_KDF_COST": "4",
+        "GATEWAY_INSECURE_DISABLE_AUTH": "true",
+        "GATEWAY_RATE_LIMIT_DEVICE": "0",
+        "GATEWAY_RATE_LIMIT_CALLER": "0",
+        "GATEWAY_DEMO_DATA": "false",
+        "GATEWAY_LOG_LEVEL": "warning",
+        **settings,
+    }
+
+
+def gateway(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", *args], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+@asynccontextmanager
+async def serving(env: dict[str, str]) -> AsyncIterator[tuple[subprocess.Popen[bytes], str]]:
+    """`gateway serve` in its own process on a free port; killed (SIGKILL) by its pid at the end if alive."""
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        async with httpx.AsyncClient() as probe:
+            with anyio.fail_after(30):
+                while True:
+                    assert process.poll() is None, "gateway serve exited early"
+                    try:
+                        if (await probe.get(f"{base}/healthz")).status_code == 200:
+                            break
+                    except httpx.TransportError:
+                        await anyio.sleep(0.05)
+        yield process, base
+    finally:
+        if process.poll() is None:
+            os.kill(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
+
+
+def path(index: int) -> str:
+    device = index % DEVICES
+    return (
+        f"/ec-ors-svc/rest/v1.0/studies/{STUDY}/active/subjects/{subject(device)}"
+        f"/devices/CRASH-{device}/access-code?mSubjectId=CRASH-{device}"
+    )
+
+
+async def test_sigkill_during_regenerations_loses_no_audit_row(database: Database, tmp_path: Path) -> None:
+    env = environment(database, tmp_path)
+    registry_file = tmp_path / "registry.json"
+    registry_file.write_text(json.dumps(registry()))
+    seeded = gateway("seed", str(registry_file), env=env)
+    assert seeded.returncode == 0, seeded.stderr
+
+    received: list[tuple[int, dict[str, str]]] = []
+    async with serving(env) as (process, base):
+        limits = httpx.Limits(max_connections=ATTEMPTS)
+        async with httpx.AsyncClient(base_url=base, limits=limits, timeout=30) as client:
+
+            async def regenerate(index: int) -> None:
+                try:
+                    response = await client.put(path(index))
+                except httpx.TransportError:
+                    return  # cut off by the kill
+                if response.status_code == 200:
+                    received.append((index % DEVICES, response.json()))
+
+            async with anyio.create_task_group() as tasks:
+                for index in range(ATTEMPTS):
+                    tasks.start_soon(regenerate, index)
+                with anyio.fail_after(30):
+                    while len(received) < 10:
+                        await anyio.sleep(0.001)
+                os.kill(process.pid, signal.SIGKILL)
+    assert 10 <= len(received) < ATTEMPTS, "the kill came after every answer: nothing was in flight"
+
+    async with serving(env):  # it starts again on what was left
+        pass
+
+    store = await Store.open(database.url, schema=database.schema, create=False)
+    try:
+        async with store.engine.connect() as conn:
+            stored = {row.inventory_id: row for row in await conn.execute(select(credentials))}
+            successes = {
+                row.access_id: row.inventory_id
+                for row in await conn.execute(select(audit_events).where(audit_events.c.outcome == "SUCCESS"))
+            }
+        verified = await AuditTrail(store).verify()
+    finally:
+        await store.close()
+
+    for inventory_id, row in stored.items():
+        assert successes.get(row.access_id) == inventory_id, "a committed credential without its audit row"
+    for device, pair in received:
+        assert successes.get(pair["accessId"]) == f"CRASH-{device}", "a pair a client received has no SUCCESS row"
+    for device in range(DEVICES):
+        pairs = [pair for d, pair in received if d == device]
+        row = stored.get(f"CRASH-{device}")
+        working = [p for p in pairs if row is not None and p["accessId"] == row.access_id]
+        assert len(working) <= 1
+        for pair in working:
+            assert codes.verify_otp(pair["otp"], row.otp_hash)
+    assert verified[1] is None, verified
+    checked = gateway("audit", "verify", env=env)
+    assert checked.returncode == 0, checked.stderr
+
+
+async def test_sigkill_during_an_upstream_call_leaves_an_attempt_of_unknown_outcome(
+    database: Database, tmp_path: Path
+) -> None:
+    upstream = ScriptedUpstream()
+    called = anyio.Event()
+
+    async def hold(request: Any) -> Any:
+        called.set()
+        return await upstream.hang(request)
+
+    upstream.handler = hold
+    async with run_server(upstream.app) as upstream_url:
+        env = environment(database, tmp_path, GATEWAY_BACKEND="upstream", GATEWAY_UPSTREAM_URL=upstream_url)
+        async with serving(env) as (process, base), httpx.AsyncClient(base_url=base, timeout=30) as client:
+            async with anyio.create_task_group() as tasks:
+
+                async def regenerate() -> None:
+                    with pytest.raises(httpx.TransportError):
+                        await client.put(path(0))
+
+                tasks.start_soon(regenerate)
+                with anyio.fail_after(10):
+                    await called.wait()
+                os.kill(process.pid, signal.SIGKILL)
+        upstream.release.set()
+
+        async with serving(env):
+            pass
+
+    verified = gateway("audit", "verify", env=env)
+    assert verified.returncode == 0, verified.stderr
+    assert OUTCOME_UNKNOWN in verified.stdout
+    exported = [json.loads(line) for line in gateway("audit", "export", env=env).stdout.splitlines()]
+    assert [(row["outcome"], row["recorded_outcome"]) for row in exported] == [(OUTCOME_UNKNOWN, PENDING)]
+    assert exported[0]["inventory_id"] == "CRASH-0"

@@ -1,0 +1,146 @@
+"""Group commit: concurrent attempts share commits, and nobody is answered before their own commit."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from typing import Any
+
+import anyio
+import pytest
+from sqlalchemy import event, func, select
+from sqlalchemy.exc import OperationalError
+
+from gateway.audit import AuditEvent, AuditTrail, audit_events
+from gateway.domain import Caller, Credentials, ErrorCode, Principal, Refusal, utc_now
+from gateway.engine.engine import CredentialEngine
+from gateway.engine.tables import credentials
+from gateway.rate_limits import Limit, RateLimiter
+from gateway.service import DeviceRequest, Policy, RegenerationService
+from gateway.store import Store, UnitOfWork
+from tests.conftest import READY_DEVICE, STUDY, SUBJECT, Clock
+
+pytestmark = pytest.mark.anyio
+
+EVERYTHING = Principal("site-user", "site-app", {"*": {"*": frozenset({"DeviceActionsPost"})}})
+UNKNOWN_STUDY = "0" * 32
+
+
+def service(store: Store, engine: CredentialEngine, clock: Clock) -> RegenerationService:
+    policy = Policy(
+        require_principal=True,
+        device_limit=Limit("device", 1000, timedelta(minutes=15)),
+        caller_limit=Limit("caller", 1000, timedelta(minutes=15)),
+    )
+    return RegenerationService(engine, AuditTrail(store), RateLimiter(store, clock), policy, clock)
+
+
+def request(index: int) -> DeviceRequest:
+    """Half of them succeed (on two devices), half are refused (an unknown study)."""
+    device = READY_DEVICE if index % 4 == 0 else "DEMO-CLOUD-READY"
+    study = STUDY if index % 2 == 0 else UNKNOWN_STUDY
+    return DeviceRequest(study, "active", SUBJECT, device, "MSUBJECT-001")
+
+
+@contextmanager
+def counting_commits(store: Store) -> Iterator[list[int]]:
+    commits: list[int] = []
+
+    def count(_connection: Any) -> None:
+        commits.append(1)
+
+    event.listen(store.engine.sync_engine, "commit", count)
+    try:
+        yield commits
+    finally:
+        event.remove(store.engine.sync_engine, "commit", count)
+
+
+async def rows(store: Store, table: Any) -> int:
+    async with store.engine.connect() as conn:
+        count: int = (await conn.execute(select(func.count()).select_from(table))).scalar_one()
+        return count
+
+
+async def test_concurrent_attempts_share_commits(store: Store, engine: CredentialEngine, clock: Clock) -> None:
+    svc = service(store, engine, clock)
+    answers: list[Credentials | ErrorCode] = []
+
+    async def attempt(index: int) -> None:
+        try:
+            answers.append(await svc.regenerate(request(index), Caller(f"req-{index}", principal=EVERYTHING)))
+        except Refusal as refusal:
+            answers.append(refusal.code)
+
+    with counting_commits(store) as commits:
+        async with anyio.create_task_group() as tasks:
+            for index in range(50):
+                tasks.start_soon(attempt, index)
+    assert len(answers) == 50
+    assert sum(isinstance(answer, Credentials) for answer in answers) == 25
+    assert answers.count(ErrorCode.STUDY_NOT_FOUND) == 25
+    assert 0 < len(commits) < 50, f"{len(commits)} commits for 50 attempts"
+    assert await rows(store, audit_events) == 50
+    assert await AuditTrail(store).verify() == (50, None)
+
+
+async def test_a_unit_that_fails_is_rolled_back_alone(store: Store) -> None:
+    trail = AuditTrail(store)
+
+    async def fails(work: UnitOfWork) -> None:
+        trail.append(work, _event("FAILS"))
+        raise RuntimeError("this unit's own error")
+
+    async def succeeds(work: UnitOfWork) -> str:
+        trail.append(work, _event("SUCCEEDS"))
+        return "done"
+
+    results: list[object] = []
+
+    async def run(unit: Any) -> None:
+        try:
+            results.append(await store.submit(unit))
+        except RuntimeError as error:
+            results.append(str(error))
+
+    async with anyio.create_task_group() as tasks:
+        for unit in (succeeds, fails, succeeds):
+            tasks.start_soon(run, unit)
+    assert sorted(map(str, results)) == ["done", "done", "this unit's own error"]
+    assert [record.outcome async for record in trail.records()] == ["SUCCEEDS", "SUCCEEDS"]
+
+
+async def test_no_caller_is_answered_before_its_commit(
+    store: Store, engine: CredentialEngine, clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    svc = service(store, engine, clock)
+
+    def refuse_commit(_connection: Any) -> None:
+        raise OperationalError("COMMIT", {}, Exception("disk I/O error"))
+
+    answers: list[Credentials | ErrorCode] = []
+
+    async def attempt(index: int) -> None:
+        try:
+            answers.append(await svc.regenerate(request(index * 2), Caller(f"req-{index}", principal=EVERYTHING)))
+        except Refusal as refusal:
+            answers.append(refusal.code)
+
+    event.listen(store.engine.sync_engine, "commit", refuse_commit)
+    try:
+        with caplog.at_level(logging.ERROR):
+            async with anyio.create_task_group() as tasks:
+                for index in range(10):
+                    tasks.start_soon(attempt, index)
+    finally:
+        event.remove(store.engine.sync_engine, "commit", refuse_commit)
+    assert answers == [ErrorCode.INTERNAL_SERVER_ERROR] * 10
+    assert await rows(store, credentials) == 0
+    assert await rows(store, audit_events) == 0
+    assert "AUDIT WRITE FAILED" in caplog.text
+
+
+def _event(outcome: str) -> AuditEvent:
+    return AuditEvent(at=utc_now(), action="test", outcome=outcome, request_id="req")
