@@ -215,8 +215,9 @@ class Settings:
     graphql_max_tokens: int = 1000
     graphql_max_selections: int = 1000
     """Field selections a document expands to, each fragment counted every time it is spread."""
-    graphql_document_cache_size: int = 1024
-    """Distinct documents whose parse and validation are kept (least recently used dropped; 0: none)."""
+    graphql_document_cache_size: int = 256
+    """Distinct documents whose parse and validation are kept (least recently used dropped; 0: none).
+    Only documents of at most 256 tokens and 4 KiB are kept: at worst about 40 MiB at 256."""
     max_body_bytes: int = 64 * 1024
     """Largest request body on any route; larger ones get 413."""
     trusted_documents: str = ""
@@ -338,7 +339,7 @@ _PARSERS: dict[str, Callable[[str, str], object]] = {
     "graphql_max_aliases": _integer(0, 1000),
     "graphql_max_tokens": _integer(100, 100_000),
     "graphql_max_selections": _integer(10, 1_000_000),
-    "graphql_document_cache_size": _integer(0, 100_000),
+    "graphql_document_cache_size": _integer(0, 10_000),
     "max_body_bytes": _integer(1024, 100 * 1024 * 1024),
     "trusted_documents": _file,
 }
