@@ -1,6 +1,6 @@
 """SIGKILL a real `gateway serve` in the middle of its work, restart it, and check what survived.
 
-Local engine: ≥ 100 concurrent regenerations over several devices, killed mid-flight. Afterwards
+Local engine: 120 clients regenerating over several devices, killed with ≥ 100 calls in flight. Afterwards
 every committed credential has its audit row, every pair a client received has its SUCCESS row,
 at most one pair per device works (the stored one), and `gateway audit verify` passes.
 Upstream mode: killed while the upstream holds the call; the attempt is `OUTCOME_UNKNOWN` after.
@@ -21,6 +21,7 @@ from typing import Any
 import anyio
 import httpx
 import pytest
+from anyio.abc import Process
 from sqlalchemy import select
 
 from gateway.audit import OUTCOME_UNKNOWN, PENDING, AuditTrail, audit_events
@@ -35,7 +36,9 @@ pytestmark = pytest.mark.anyio
 
 STUDY = "C0FFEE00C0FFEE00C0FFEE00C0FFEE00"
 DEVICES = 6
-ATTEMPTS = 150
+CONCURRENCY = 120
+KILL_AFTER = 200
+MAX_TURNS = 50
 
 
 def subject(index: int) -> str:
@@ -89,10 +92,10 @@ def gateway(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]
 
 
 @asynccontextmanager
-async def serving(env: dict[str, str]) -> AsyncIterator[tuple[subprocess.Popen[bytes], str]]:
+async def serving(env: dict[str, str]) -> AsyncIterator[tuple[Process, str]]:
     """`gateway serve` in its own process on a free port; killed (SIGKILL) by its pid at the end if alive."""
     port = free_port()
-    process = subprocess.Popen(
+    process = await anyio.open_process(
         [sys.executable, "-m", "gateway", "serve", "--port", str(port)],
         env=env,
         stdout=subprocess.DEVNULL,
@@ -103,7 +106,7 @@ async def serving(env: dict[str, str]) -> AsyncIterator[tuple[subprocess.Popen[b
         async with httpx.AsyncClient() as probe:
             with anyio.fail_after(30):
                 while True:
-                    assert process.poll() is None, "gateway serve exited early"
+                    assert process.returncode is None, "gateway serve exited early"
                     try:
                         if (await probe.get(f"{base}/healthz")).status_code == 200:
                             break
@@ -111,13 +114,13 @@ async def serving(env: dict[str, str]) -> AsyncIterator[tuple[subprocess.Popen[b
                         await anyio.sleep(0.05)
         yield process, base
     finally:
-        if process.poll() is None:
+        if process.returncode is None:
             os.kill(process.pid, signal.SIGKILL)
-        process.wait(timeout=10)
+        with anyio.fail_after(10):
+            await process.wait()
 
 
-def path(index: int) -> str:
-    device = index % DEVICES
+def path(device: int) -> str:
     return (
         f"/ec-ors-svc/rest/v1.0/studies/{STUDY}/active/subjects/{subject(device)}"
         f"/devices/CRASH-{device}/access-code?mSubjectId=CRASH-{device}"
@@ -132,26 +135,34 @@ async def test_sigkill_during_regenerations_loses_no_audit_row(database: Databas
     assert seeded.returncode == 0, seeded.stderr
 
     received: list[tuple[int, dict[str, str]]] = []
+    cut_off: list[int] = []
+    enough = anyio.Event()
     async with serving(env) as (process, base):
-        limits = httpx.Limits(max_connections=ATTEMPTS)
+        limits = httpx.Limits(max_connections=CONCURRENCY)
         async with httpx.AsyncClient(base_url=base, limits=limits, timeout=30) as client:
 
-            async def regenerate(index: int) -> None:
-                try:
-                    response = await client.put(path(index))
-                except httpx.TransportError:
-                    return  # cut off by the kill
-                if response.status_code == 200:
-                    received.append((index % DEVICES, response.json()))
+            async def keep_regenerating(worker: int) -> None:
+                """One client of many: regenerates again and again until the server dies under it."""
+                for turn in range(MAX_TURNS):
+                    device = (worker + turn) % DEVICES
+                    try:
+                        response = await client.put(path(device))
+                    except httpx.TransportError:
+                        cut_off.append(worker)
+                        return
+                    if response.status_code == 200:
+                        received.append((device, response.json()))
+                        if len(received) >= KILL_AFTER:
+                            enough.set()
 
             async with anyio.create_task_group() as tasks:
-                for index in range(ATTEMPTS):
-                    tasks.start_soon(regenerate, index)
-                with anyio.fail_after(30):
-                    while len(received) < 10:
-                        await anyio.sleep(0.001)
+                for worker in range(CONCURRENCY):
+                    tasks.start_soon(keep_regenerating, worker)
+                with anyio.fail_after(60):
+                    await enough.wait()
                 os.kill(process.pid, signal.SIGKILL)
-    assert 10 <= len(received) < ATTEMPTS, "the kill came after every answer: nothing was in flight"
+    assert len(received) >= KILL_AFTER
+    assert len(cut_off) >= 100, f"only {len(cut_off)} regenerations were in flight at the kill"
 
     async with serving(env):  # it starts again on what was left
         pass
@@ -174,11 +185,12 @@ async def test_sigkill_during_regenerations_loses_no_audit_row(database: Databas
         assert successes.get(pair["accessId"]) == f"CRASH-{device}", "a pair a client received has no SUCCESS row"
     for device in range(DEVICES):
         pairs = [pair for d, pair in received if d == device]
-        row = stored.get(f"CRASH-{device}")
-        working = [p for p in pairs if row is not None and p["accessId"] == row.access_id]
+        current = stored.get(f"CRASH-{device}")
+        working = [p for p in pairs if current is not None and p["accessId"] == current.access_id]
         assert len(working) <= 1
         for pair in working:
-            assert codes.verify_otp(pair["otp"], row.otp_hash)
+            assert current is not None
+            assert codes.verify_otp(pair["otp"], current.otp_hash)
     assert verified[1] is None, verified
     checked = gateway("audit", "verify", env=env)
     assert checked.returncode == 0, checked.stderr
@@ -197,17 +209,20 @@ async def test_sigkill_during_an_upstream_call_leaves_an_attempt_of_unknown_outc
     upstream.handler = hold
     async with run_server(upstream.app) as upstream_url:
         env = environment(database, tmp_path, GATEWAY_BACKEND="upstream", GATEWAY_UPSTREAM_URL=upstream_url)
-        async with serving(env) as (process, base), httpx.AsyncClient(base_url=base, timeout=30) as client:
-            async with anyio.create_task_group() as tasks:
+        async with (
+            serving(env) as (process, base),
+            httpx.AsyncClient(base_url=base, timeout=30) as client,
+            anyio.create_task_group() as tasks,
+        ):
 
-                async def regenerate() -> None:
-                    with pytest.raises(httpx.TransportError):
-                        await client.put(path(0))
+            async def regenerate() -> None:
+                with pytest.raises(httpx.TransportError):
+                    await client.put(path(0))
 
-                tasks.start_soon(regenerate)
-                with anyio.fail_after(10):
-                    await called.wait()
-                os.kill(process.pid, signal.SIGKILL)
+            tasks.start_soon(regenerate)
+            with anyio.fail_after(10):
+                await called.wait()
+            os.kill(process.pid, signal.SIGKILL)
         upstream.release.set()
 
         async with serving(env):
