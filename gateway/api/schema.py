@@ -2,26 +2,41 @@
 
 Resolvers are thin: hand the input to the regeneration service, render the outcome.
 Expected failures are union members; anything else is masked and logged with the request id.
+`GatewaySchema` executes each request on a document parsed and validated once per distinct text
+(`gateway.api.documents`), with no per-request extension.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Iterable
+from inspect import isawaitable
+from typing import Any, NoReturn
 
 import strawberry
-from graphql import GraphQLError
-from strawberry.extensions import (
-    DisableIntrospection,
-    MaskErrors,
-    MaxAliasesLimiter,
-    MaxTokensLimiter,
-    SchemaExtension,
+from graphql import (
+    ASTValidationRule,
+    DocumentNode,
+    GraphQLError,
+    NoSchemaIntrospectionCustomRule,
+    specified_rules,
 )
-from strawberry.types import ExecutionContext
+from graphql import ExecutionResult as GraphQLExecutionResult
+from graphql import execute as graphql_execute
+from graphql.pyutils import AwaitableOrValue
+from strawberry.exceptions import MissingQueryError
+from strawberry.execution import optimized_is_awaitable
+from strawberry.schema.exceptions import InvalidOperationTypeError
+from strawberry.schema.schema import DEFAULT_ALLOWED_OPERATION_TYPES
+from strawberry.schema.validation_rules.maybe_null import MaybeNullValidationRule
+from strawberry.schema.validation_rules.one_of import OneOfInputValidationRule
+from strawberry.types import ExecutionContext, ExecutionResult
+from strawberry.types.execution import PreExecutionError
+from strawberry.types.graphql import OperationType
 
 from gateway import __version__
 from gateway.api.context import Context, Info
+from gateway.api.documents import DocumentCache
 from gateway.api.types import (
     BackendKind,
     BootstrapCredentials,
@@ -31,7 +46,7 @@ from gateway.api.types import (
     render_refusal,
 )
 from gateway.domain import Refusal
-from gateway.hardening import HideSuggestions, QueryDepthLimit
+from gateway.hardening import DocumentLimits, GuardWork, document_guards, without_suggestions
 from gateway.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -67,43 +82,201 @@ class Mutation:
         return BootstrapCredentials.from_domain(credentials)
 
 
+MASKED_MESSAGE = "Unexpected error. Quote the X-Request-ID response header when reporting it."
+
+
 def _is_unexpected(error: GraphQLError) -> bool:
     """Errors raised by our code are masked; GraphQL's own (syntax, validation, variables) are not."""
     return error.original_error is not None and not isinstance(error.original_error, GraphQLError)
 
 
+def _masked(error: GraphQLError) -> GraphQLError:
+    """The error as the client sees it: the same place and path, none of the exception's text."""
+    return GraphQLError(
+        MASKED_MESSAGE,
+        nodes=error.nodes,
+        source=error.source,
+        positions=error.positions,
+        path=error.path,
+        original_error=None,
+    )
+
+
+def _log_errors(errors: Iterable[GraphQLError], context: object) -> None:
+    request_id = context.caller.request_id if isinstance(context, Context) else "-"
+    for error in errors:
+        if _is_unexpected(error):
+            log.error("unexpected error in a GraphQL resolver (request %s)", request_id, exc_info=error.original_error)
+        else:
+            log.debug("GraphQL request error (request %s): %s", request_id, error.message)
+
+
 class GatewaySchema(strawberry.Schema):
+    """Strawberry's schema, executed without per-request extensions.
+
+    `execute` takes the document from the cache (`gateway.api.documents`: parsed and validated
+    once per distinct text, the guards included), checks the operation type like Strawberry does
+    (the view turns that into 400), runs graphql-core's `execute` (suggestions hidden), logs
+    unexpected errors with the request id and masks them. Streaming and subscriptions are not
+    served (no route or transport reaches them) and refuse to run unguarded.
+    """
+
+    def __init__(self, *, query: type, mutation: type, settings: Settings) -> None:
+        super().__init__(query=query, mutation=mutation)
+        self.guard_work = GuardWork()
+        """What the document guards did, for tests and profiling."""
+        limits = DocumentLimits(
+            max_depth=settings.graphql_max_depth,
+            max_aliases=settings.graphql_max_aliases,
+            max_selections=settings.graphql_max_selections,
+        )
+        rules: list[type[ASTValidationRule]] = [*specified_rules, MaybeNullValidationRule, OneOfInputValidationRule]
+        if settings.production:
+            rules.append(NoSchemaIntrospectionCustomRule)
+        self.documents = DocumentCache(
+            self._schema,
+            guards=document_guards(limits, self.guard_work),
+            rules=rules,
+            max_tokens=settings.graphql_max_tokens,
+            size=settings.graphql_document_cache_size,
+        )
+
     def process_errors(self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None) -> None:
-        context = execution_context.context if execution_context else None
-        request_id = context.caller.request_id if isinstance(context, Context) else "-"
-        for error in errors:
+        _log_errors(errors, execution_context.context if execution_context else None)
+
+    def _document(
+        self,
+        query: str | None,
+        operation_name: str | None,
+        allowed_operation_types: Iterable[OperationType] | None,
+        context: object,
+    ) -> DocumentNode | ExecutionResult:
+        """The valid document to execute, or the result that refuses it."""
+        if not query:
+            raise MissingQueryError
+        try:
+            prepared = self.documents.get(query)
+        except Exception as error:  # a bug in parsing or a rule: masked and logged like a resolver's
+            return self._refusal([GraphQLError(str(error), original_error=error)], context)
+        if prepared.document is None:
+            return self._refusal(list(prepared.errors), context)
+        operation_type = prepared.operation_type(operation_name)
+        allowed = DEFAULT_ALLOWED_OPERATION_TYPES if allowed_operation_types is None else allowed_operation_types
+        if operation_type not in allowed:
+            raise InvalidOperationTypeError(operation_type)
+        if prepared.errors:
+            return self._refusal(list(prepared.errors), context)
+        return prepared.document
+
+    def _refusal(self, errors: list[GraphQLError], context: object) -> ExecutionResult:
+        _log_errors(errors, context)
+        return PreExecutionError(data=None, errors=[_masked(e) if _is_unexpected(e) else e for e in errors])
+
+    def _run(
+        self,
+        document: DocumentNode,
+        *,
+        variable_values: dict[str, Any] | None,
+        context_value: Any,
+        root_value: Any,
+        operation_name: str | None,
+        operation_extensions: dict[str, Any] | None,
+    ) -> AwaitableOrValue[GraphQLExecutionResult]:
+        return graphql_execute(
+            self._schema,
+            document,
+            root_value=root_value,
+            context_value=context_value,
+            variable_values=variable_values,
+            operation_name=operation_name,
+            executor_class=self.execution_context_class,
+            is_awaitable=optimized_is_awaitable,  # type: ignore[arg-type]  # Strawberry's, as it passes it
+            hide_suggestions=True,
+            operation_extensions=operation_extensions,
+        )
+
+    def _finish(self, result: GraphQLExecutionResult, context: object) -> ExecutionResult:
+        if not result.errors:
+            return ExecutionResult(data=result.data, errors=None)
+        _log_errors(result.errors, context)
+        errors = []
+        for error in result.errors:
             if _is_unexpected(error):
-                log.error(
-                    "unexpected error in a GraphQL resolver (request %s)",
-                    request_id,
-                    exc_info=error.original_error,
-                )
+                errors.append(_masked(error))
             else:
-                log.debug("GraphQL request error (request %s): %s", request_id, error.message)
+                error.message = without_suggestions(error.message)
+                errors.append(error)
+        return ExecutionResult(data=result.data, errors=errors)
+
+    async def execute(  # noqa: PLR0917 (Strawberry's signature)
+        self,
+        query: str | None,
+        variable_values: dict[str, Any] | None = None,
+        context_value: Any | None = None,
+        root_value: Any | None = None,
+        operation_name: str | None = None,
+        allowed_operation_types: Iterable[OperationType] | None = None,
+        operation_extensions: dict[str, Any] | None = None,
+    ) -> ExecutionResult:
+        document = self._document(query, operation_name, allowed_operation_types, context_value)
+        if isinstance(document, ExecutionResult):
+            return document
+        try:
+            outcome = self._run(
+                document,
+                variable_values=variable_values,
+                context_value=context_value,
+                root_value=root_value,
+                operation_name=operation_name,
+                operation_extensions=operation_extensions,
+            )
+            result = await outcome if isawaitable(outcome) else outcome
+        except Exception as error:  # graphql-core reports resolvers' errors itself; this is anything else
+            return self._refusal([GraphQLError(str(error), original_error=error)], context_value)
+        return self._finish(result, context_value)
+
+    def execute_sync(  # noqa: PLR0917 (Strawberry's signature)
+        self,
+        query: str | None,
+        variable_values: dict[str, Any] | None = None,
+        context_value: Any | None = None,
+        root_value: Any | None = None,
+        operation_name: str | None = None,
+        allowed_operation_types: Iterable[OperationType] | None = None,
+        operation_extensions: dict[str, Any] | None = None,
+    ) -> ExecutionResult:
+        """The same path for resolvers that need no awaiting (Strawberry's `introspect` uses it)."""
+        document = self._document(query, operation_name, allowed_operation_types, context_value)
+        if isinstance(document, ExecutionResult):
+            return document
+        outcome = self._run(
+            document,
+            variable_values=variable_values,
+            context_value=context_value,
+            root_value=root_value,
+            operation_name=operation_name,
+            operation_extensions=operation_extensions,
+        )
+        if isawaitable(outcome):
+            close = getattr(outcome, "close", None)
+            if close is not None:
+                close()
+            error = RuntimeError("GraphQL execution failed to complete synchronously.")
+            return self._refusal([GraphQLError(str(error), original_error=error)], context_value)
+        return self._finish(outcome, context_value)
+
+    async def subscribe(self, *args: Any, **kwargs: Any) -> NoReturn:
+        raise NotImplementedError("the gateway has no subscriptions")
+
+    async def stream(self, *args: Any, **kwargs: Any) -> NoReturn:
+        raise NotImplementedError("the gateway serves GraphQL over plain HTTP only: use execute")
 
 
 def build_schema(settings: Settings | None = None) -> GatewaySchema:
-    """The schema with the settings' limits: query depth, aliases (those in fragments counted),
-    tokens; suggestions hidden; introspection off in production. The SDL never depends on them."""
-    limits = settings or Settings()
-    extensions: list[Callable[[], SchemaExtension]] = [
-        lambda: MaskErrors(
-            should_mask_error=_is_unexpected,
-            error_message="Unexpected error. Quote the X-Request-ID response header when reporting it.",
-        ),
-        lambda: QueryDepthLimit(max_depth=limits.graphql_max_depth),
-        lambda: MaxAliasesLimiter(max_alias_count=limits.graphql_max_aliases),
-        lambda: MaxTokensLimiter(max_token_count=limits.graphql_max_tokens),
-        HideSuggestions,
-    ]
-    if limits.production:
-        extensions.append(DisableIntrospection)
-    return GatewaySchema(query=Query, mutation=Mutation, extensions=extensions)
+    """The schema with the settings' limits (depth, aliases counted through fragments, fan-out,
+    tokens), its document cache, suggestions hidden and introspection off in production. The SDL
+    never depends on them."""
+    return GatewaySchema(query=Query, mutation=Mutation, settings=settings or Settings())
 
 
 schema = build_schema()
