@@ -6,6 +6,7 @@
   refused: the schema has no batching config); no multipart uploads.
 - GraphiQL only outside production; its headers pane starts with an Authorization template.
 - With trusted documents configured, only those documents run (`gateway.hardening.TrustedDocuments`).
+- Responses are encoded with orjson.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
+import orjson
 from cross_web import AsyncHTTPRequestAdapter, HTTPException
 from starlette.datastructures import Headers
 from starlette.responses import PlainTextResponse
@@ -39,6 +41,14 @@ class HardenedGraphQLView(GraphQL[Context, None]):
             multipart_uploads_enabled=False,
         )
         self.trusted = TrustedDocuments.load(settings.trusted_documents) if settings.trusted_documents else None
+
+    def encode_json(self, data: object) -> bytes:
+        """orjson, several times faster than `json.dumps`; the stdlib for what orjson refuses
+        (an integer past 64 bits, say), so a result never fails to encode."""
+        try:
+            return orjson.dumps(data)
+        except TypeError:
+            return json.dumps(data, separators=(",", ":")).encode("utf-8")
 
     @property
     def graphql_ide_html(self) -> str:
