@@ -172,7 +172,7 @@ class AuditTrail:
 
     async def records(self) -> AsyncGenerator[AuditRecord, None]:
         """Every row in chain order, streamed."""
-        async with self.store.engine.connect() as conn:
+        async with self.store.read() as conn:
             result = await conn.stream(select(audit_events).order_by(audit_events.c.seq))
             async for row in result:
                 yield AuditRecord(**row._mapping)
@@ -190,7 +190,7 @@ class AuditTrail:
                 if link_hash(prev_hash, record.seq, event) != record.hash:
                     return record.seq, "its contents do not match its hash"
                 prev_hash, expected_seq = record.hash, expected_seq + 1
-        async with self.store.engine.connect() as conn:
+        async with self.store.read() as conn:
             head = (await conn.execute(select(audit_head))).first()
         last = expected_seq - 1
         if head is not None and (head.seq, head.hash) != (last, prev_hash):
@@ -217,7 +217,7 @@ class AuditTrail:
             .where(audit_events.c.outcome == PENDING, audit_events.c.seq.not_in(resolved))
             .order_by(audit_events.c.seq)
         )
-        async with self.store.engine.connect() as conn:
+        async with self.store.read() as conn:
             return list((await conn.execute(query)).scalars())
 
 

@@ -191,7 +191,7 @@ class RegenerationAttempt:
 
     async def check(self) -> None:
         """Raise `Refusal(RATE_LIMITED)` if a commit now would be over a limit; counts nothing (one read)."""
-        async with self.service.audit.store.engine.connect() as conn:
+        async with self.service.audit.store.read() as conn:
             retry_after = await self.service.limiter.peek(conn, self.limits)
         if retry_after is not None:
             raise Refusal(ErrorCode.RATE_LIMITED, retry_after_seconds=retry_after)

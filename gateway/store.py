@@ -45,6 +45,8 @@ metadata = MetaData()
 
 MAX_BATCH = 128
 """Units committed together at most: bounds a batch's transaction time."""
+READERS = 4
+"""SQLite: connections for reads beside the writer's one."""
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -108,8 +110,11 @@ class Store:
     Open with `Store.open`, close with `close` (the app's lifespan does both).
     """
 
-    def __init__(self, engine: AsyncEngine, *, max_batch: int = MAX_BATCH) -> None:
+    def __init__(self, engine: AsyncEngine, *, reader: AsyncEngine | None = None, max_batch: int = MAX_BATCH) -> None:
         self.engine = engine
+        self.reader = reader or engine
+        """Where reads go: on SQLite a pool of its own in autocommit, so that reads (each statement
+        a snapshot, in WAL mode) neither wait for the writer nor hold it up."""
         self.max_batch = max_batch
         self.participants: list[Participant] = []
         self._queue: list[_Pending] = []
@@ -139,14 +144,18 @@ class Store:
         if schema:
             options["execution_options"] = {"schema_translate_map": {None: schema}}
         engine = create_async_engine(parsed, **options)
+        reader = None
         if sqlite:
-            _configure_sqlite(engine)
-        store = cls(engine)
+            _configure_sqlite(engine, begin="BEGIN IMMEDIATE")
+            # Reads are single statements: each its own implicit transaction, no BEGIN or ROLLBACK.
+            reader = create_async_engine(parsed, **{**options, "pool_size": READERS, "isolation_level": "AUTOCOMMIT"})
+            _configure_sqlite(reader, begin=None)
+        store = cls(engine, reader=reader)
         if create and tables:
             try:
                 await store.create_tables(tables)
             except BaseException:
-                await engine.dispose()
+                await store.dispose()
                 raise
         return store
 
@@ -159,6 +168,13 @@ class Store:
         """Have `participant` told when every batch begins (one of each kind is enough)."""
         if not any(type(joined) is type(participant) for joined in self.participants):
             self.participants.append(participant)
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncConnection]:
+        """A connection for reading; on SQLite each statement sees its own snapshot and never
+        holds the write lock (a read of several statements that must agree uses `transaction`)."""
+        async with self.reader.connect() as conn:
+            yield conn
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncConnection]:
@@ -236,7 +252,7 @@ class Store:
     async def ping(self) -> bool:
         """True when the database answers a trivial query within 5 s."""
         try:
-            async with asyncio.timeout(5), self.engine.connect() as conn:
+            async with asyncio.timeout(5), self.read() as conn:
                 await conn.execute(text("SELECT 1"))
         except (SQLAlchemyError, OSError, TimeoutError):
             log.warning("the store did not answer", exc_info=True)
@@ -249,7 +265,12 @@ class Store:
         if self._writer is not None:
             with suppress(Exception):
                 await self._writer
+        await self.dispose()
+
+    async def dispose(self) -> None:
         await self.engine.dispose()
+        if self.reader is not self.engine:
+            await self.reader.dispose()
 
 
 def _answer(future: asyncio.Future[Any], *, result: Any = None, error: BaseException | None = None) -> None:
@@ -261,12 +282,14 @@ def _answer(future: asyncio.Future[Any], *, result: Any = None, error: BaseExcep
         future.set_result(result)
 
 
-def _configure_sqlite(engine: AsyncEngine) -> None:
-    """Let SQLAlchemy, not the driver, begin transactions, and begin them IMMEDIATE.
+def _configure_sqlite(engine: AsyncEngine, *, begin: str | None) -> None:
+    """Let SQLAlchemy, not the driver, begin transactions, with `begin` (None: reads in autocommit).
 
-    pysqlite's own BEGIN is deferred: two transactions that read and then write would deadlock
-    and one would fail with "database is locked". BEGIN IMMEDIATE takes the write lock first and
-    the other waits its turn (up to the connect timeout). WAL lets readers run beside a writer;
+    The writer begins IMMEDIATE: pysqlite's own BEGIN is deferred, and two transactions that read
+    and then write would deadlock and one would fail with "database is locked"; BEGIN IMMEDIATE
+    takes the write lock first and the other (another process's writer) waits its turn (up to the
+    connect timeout). Readers run each statement in its own implicit transaction: they never take
+    the write lock. WAL lets readers run beside a writer;
     `synchronous=FULL` makes every commit durable on power loss (WAL's NORMAL may lose the last
     commits), and group commit keeps its cost at one sync per batch.
     """
@@ -280,6 +303,8 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
         cursor.execute("PRAGMA synchronous=FULL")
         cursor.close()
 
-    @event.listens_for(engine.sync_engine, "begin")
-    def _on_begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+    if begin is not None:
+
+        @event.listens_for(engine.sync_engine, "begin")
+        def _on_begin(conn: Any) -> None:
+            conn.exec_driver_sql(begin)

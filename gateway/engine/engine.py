@@ -96,7 +96,7 @@ class CredentialEngine:
             raise Refusal(ErrorCode.INTERNAL_SERVER_ERROR) from None
 
     async def _regenerate(self, ref: DeviceRef, attempt: Attempt | _Unaudited) -> Credentials:
-        async with self.store.engine.connect() as conn:
+        async with self.store.read() as conn:
             refusal = judge(ref, await tables.facts(conn, ref))
         if refusal is not None:
             await attempt.commit(_refuse(refusal))
@@ -131,7 +131,7 @@ class CredentialEngine:
 
         Spends nothing and counts nothing: a check for tests and tools, not for devices.
         """
-        async with self.store.engine.connect() as conn:
+        async with self.store.read() as conn:
             pair = await tables.find_pair(conn, access_id)
         if pair is None or pair.used_at or pair.locked_at or self.clock() >= pair.expires_at:
             return False
@@ -144,7 +144,7 @@ class CredentialEngine:
         the OTP matches (else one more failure, and a lock at `lockout_after`); not yet used.
         The outcome's writes and `record` (its audit row) commit in one unit of work.
         """
-        async with self.store.engine.connect() as conn:
+        async with self.store.read() as conn:
             pair = await tables.find_pair(conn, access_id)
         now = self.clock()
         matches = pair is not None and await codes.verify_otp_async(otp, pair.otp_hash)

@@ -248,7 +248,7 @@ async def seed(store: Store, registry: Registry) -> None:
 
 
 async def store_is_empty(store: Store) -> bool:
-    async with store.engine.connect() as conn:
+    async with store.read() as conn:
         return await is_empty(conn)
 
 
