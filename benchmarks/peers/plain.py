@@ -1,0 +1,94 @@
+"""The bare baselines of `scripts/bench`: what one Starlette route under uvicorn costs.
+
+- `POST /graphql` (scenario 1): reads the same JSON body the gateway gets, draws a pair with
+  `secrets` and answers the shape of the gateway's success. No GraphQL, no store.
+- `POST /proxy` (scenario 5's baseline): the same body, turned into the upstream's
+  `PUT …/access-code` with httpx (the httpx-aiohttp transport when it is installed) to
+  `BENCH_UPSTREAM_URL`, and the upstream's JSON answered in the same shape.
+
+    BENCH_UPSTREAM_URL=http://127.0.0.1:8081 uvicorn benchmarks.peers.plain:app --port 8000
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+ACCESS_CODE_PATH = (
+    "/ec-ors-svc/rest/v1.0/studies/{studyId}/{mode}/subjects/{subjectId}/devices/{inventoryId}/access-code"
+)
+
+
+def transport_name() -> str:
+    """The transport the proxy route uses: `aiohttp` when httpx-aiohttp is installed, else `default`."""
+    try:
+        importlib.import_module("httpx_aiohttp")
+    except ImportError:
+        return "default"
+    return "aiohttp"
+
+
+def _transport() -> httpx.AsyncBaseTransport:
+    if transport_name() == "aiohttp":
+        transport: httpx.AsyncBaseTransport = importlib.import_module("httpx_aiohttp").AiohttpTransport()
+        return transport
+    return httpx.AsyncHTTPTransport()
+
+
+def _answer(credentials: dict[str, Any]) -> JSONResponse:
+    return JSONResponse({"data": {"regenerateAccessCode": {"__typename": "BootstrapCredentials", **credentials}}})
+
+
+async def _input(request: Request) -> dict[str, str]:
+    body = await request.json()
+    fields: dict[str, str] = body["variables"]["input"]
+    return fields
+
+
+async def regenerate(request: Request) -> JSONResponse:
+    fields = await _input(request)
+    return _answer(
+        {"accessId": secrets.token_hex(3).upper(), "otp": secrets.token_hex(4).upper(), "id": fields["subjectId"]}
+    )
+
+
+async def proxy(request: Request) -> JSONResponse:
+    fields = await _input(request)
+    path = ACCESS_CODE_PATH.format(**{**fields, "mode": fields["mode"].lower()})
+    client: httpx.AsyncClient = request.app.state.client
+    response = await client.put(path, params={"mSubjectId": fields["mSubjectId"]})
+    response.raise_for_status()
+    body = response.json()
+    return _answer({"accessId": body["accessId"], "otp": body["otp"], "id": body["id"]})
+
+
+async def healthz(request: Request) -> JSONResponse:
+    return JSONResponse({"status": "ok"})
+
+
+@asynccontextmanager
+async def lifespan(app: Starlette) -> AsyncIterator[None]:
+    upstream = os.environ.get("BENCH_UPSTREAM_URL", "http://127.0.0.1:9")
+    async with httpx.AsyncClient(base_url=upstream, transport=_transport(), timeout=30) as client:
+        app.state.client = client
+        yield
+
+
+app = Starlette(
+    routes=[
+        Route("/graphql", regenerate, methods=["POST"]),
+        Route("/proxy", proxy, methods=["POST"]),
+        Route("/healthz", healthz, methods=["GET"]),
+    ],
+    lifespan=lifespan,
+)
