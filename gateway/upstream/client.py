@@ -35,6 +35,7 @@ from gateway.upstream.resilience import (
     Sleep,
 )
 from gateway.upstream.responses import MAX_BODY_BYTES, Answer, UpstreamFailure, read_answer
+from gateway.upstream.transport import AiohttpTransport
 
 log = logging.getLogger(__name__)
 
@@ -46,24 +47,30 @@ def utc_now() -> datetime:
 
 
 def upstream_http_client(settings: Settings) -> httpx.AsyncClient:
-    """The one pooled HTTP client for upstream calls (and the token endpoint); the lifespan closes it."""
-    verify: ssl.SSLContext | bool = True
-    if settings.upstream_ca_file:
-        verify = ssl.create_default_context(cafile=settings.upstream_ca_file)
+    """The one pooled HTTP client for upstream calls (and the token endpoint); the lifespan closes it.
+
+    httpx's API over aiohttp's connection pool (`transport.AiohttpTransport`): the same timeouts,
+    pool limits and keep-alive expiry, at a fraction of the CPU per call.
+    """
+    verify = (
+        ssl.create_default_context(cafile=settings.upstream_ca_file)
+        if settings.upstream_ca_file
+        else httpx.create_ssl_context(trust_env=False)  # certifi's bundle, as httpx's default transport
+    )
+    limits = httpx.Limits(
+        max_connections=settings.upstream_max_connections,
+        max_keepalive_connections=settings.upstream_max_keepalive_connections,
+        keepalive_expiry=settings.upstream_keepalive_expiry_seconds,
+    )
     return httpx.AsyncClient(
         base_url=settings.upstream_url,
+        transport=AiohttpTransport(verify=verify, limits=limits),
         timeout=httpx.Timeout(
             connect=settings.upstream_connect_timeout_seconds,
             read=settings.upstream_read_timeout_seconds,
             write=settings.upstream_write_timeout_seconds,
             pool=settings.upstream_pool_timeout_seconds,
         ),
-        limits=httpx.Limits(
-            max_connections=settings.upstream_max_connections,
-            max_keepalive_connections=settings.upstream_max_keepalive_connections,
-            keepalive_expiry=settings.upstream_keepalive_expiry_seconds,
-        ),
-        verify=verify,
         # A PUT is never replayed elsewhere: a redirect is reported, not followed.
         follow_redirects=False,
         # Explicit configuration only: no proxy variables or .netrc credentials picked up from the host.
