@@ -115,6 +115,12 @@ def _secret(name: str, raw: str) -> str:
     return value
 
 
+def _usable_cpus(most: int) -> int:
+    """The CPUs this process may run on (its affinity, not the machine's count), within 1..`most`."""
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(most, usable))
+
+
 _ASYMMETRIC = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")
 _TOKEN_ALGORITHMS = {name.lower(): name for name in (*_ASYMMETRIC, "HS256", "HS384", "HS512")}
 
@@ -149,6 +155,8 @@ class Settings:
     otp_ttl_seconds: int = 24 * 60 * 60
     kdf_cost: int = 14
     """log2 of scrypt's N for OTP hashes (14: 16 MiB and some tens of milliseconds per hash)."""
+    kdf_workers: int = field(default_factory=lambda: _usable_cpus(64))
+    """Worker threads for OTP hashing (gateway/engine/codes.py `KdfPool`): hashes at once, the rest wait."""
     demo_data: bool = True
     """`gateway serve` loads the demo registry into an empty local store."""
     log_level: str = "info"
@@ -299,6 +307,7 @@ _PARSERS: dict[str, Callable[[str, str], object]] = {
     "port": _integer(0, 65535),
     "otp_ttl_seconds": _integer(60, 30 * 24 * 60 * 60),
     "kdf_cost": _integer(4, 20),
+    "kdf_workers": _integer(1, 64),
     "demo_data": _boolean,
     "log_level": _choice("debug", "info", "warning", "error"),
     "rate_limit_device": _integer(0, 1_000_000),

@@ -1,7 +1,9 @@
 """Making and checking credentials: the alphabet, the draw, and the OTP's salted scrypt hash.
 
-Hashing is deliberately slow; callers on the event loop use `hash_otp_async`/`verify_otp_async`,
-which run it in a worker thread.
+Hashing is deliberately slow. On the event loop it runs in worker threads, through a `KdfPool`
+(one per app: at most `GATEWAY_KDF_WORKERS` hashes at once, apart from anyio's shared thread
+limit) or `hash_otp_async`/`verify_otp_async` (anyio's default limiter). `hashlib.scrypt`
+releases the GIL while it works, so the loop keeps serving meanwhile (tests/test_kdf_pool.py).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import hashlib
 import hmac
 import secrets
 
+import anyio
 import anyio.to_thread
 
 # Upper case letters and digits without the look-alikes 0/O and 1/I/L: 31 symbols.
@@ -67,3 +70,43 @@ async def hash_otp_async(otp: str, cost: int) -> str:
 
 async def verify_otp_async(otp: str, encoded: str) -> bool:
     return await anyio.to_thread.run_sync(verify_otp, otp, encoded)
+
+
+class KdfPool:
+    """A bounded pool of worker threads for the KDF: at most `workers` hashes or checks at once.
+
+    Its `anyio.CapacityLimiter` is its own (not anyio's default one, shared by every other
+    `to_thread` call) and is created on first use, inside the running event loop, so a pool can be
+    built anywhere (an app factory, a lifespan) but must not outlive its event loop. Callers beyond
+    `workers` wait their turn on the loop, without blocking it. A cancelled caller still waits for
+    its hash to finish, so the threads never exceed `workers`.
+    """
+
+    def __init__(self, workers: int) -> None:
+        if workers < 1:
+            raise ValueError("a KdfPool needs at least one worker")
+        self.workers = workers
+        self._limiter: anyio.CapacityLimiter | None = None
+
+    def _turns(self) -> anyio.CapacityLimiter:
+        if self._limiter is None:
+            self._limiter = anyio.CapacityLimiter(self.workers)
+        return self._limiter
+
+    @property
+    def busy(self) -> int:
+        """Hashes or checks running now."""
+        return 0 if self._limiter is None else int(self._limiter.borrowed_tokens)
+
+    @property
+    def waiting(self) -> int:
+        """Callers waiting for a worker."""
+        return 0 if self._limiter is None else self._limiter.statistics().tasks_waiting
+
+    async def hash(self, otp: str, cost: int) -> str:
+        """`hash_otp(otp, cost)` on one of the pool's workers."""
+        return await anyio.to_thread.run_sync(hash_otp, otp, cost, limiter=self._turns())
+
+    async def verify(self, otp: str, encoded: str) -> bool:
+        """`verify_otp(otp, encoded)` on one of the pool's workers."""
+        return await anyio.to_thread.run_sync(verify_otp, otp, encoded, limiter=self._turns())

@@ -1,0 +1,207 @@
+"""`KdfPool`: the OTP hash runs on a bounded pool of worker threads, and the event loop stays free.
+
+No fixed timing: the loop's worst stall while the pool is saturated is compared with the duration
+of one hash measured in the same test, with a wide margin.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from contextlib import asynccontextmanager, contextmanager
+
+import anyio
+import httpx
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse
+from starlette.routing import Route
+
+from gateway.engine import codes
+from gateway.engine.codes import KdfPool
+from gateway.settings import Settings, SettingsError
+from tests.utils import run_server
+
+pytestmark = pytest.mark.anyio
+
+SAMPLE_OTP = "TESTOTP8"  # an obviously fake value
+HIGH_COST = 16  # scrypt N = 65536: 64 MiB and a few hundred milliseconds a hash
+
+
+class Concurrency:
+    """Counts how many instrumented calls run at once, across threads."""
+
+    def __init__(self) -> None:
+        self.now = 0
+        self.most = 0
+        self.calls = 0
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def running(self) -> Iterator[None]:
+        with self._lock:
+            self.now += 1
+            self.calls += 1
+            self.most = max(self.most, self.now)
+        try:
+            time.sleep(0.02)  # long enough for the others to pile up
+            yield
+        finally:
+            with self._lock:
+                self.now -= 1
+
+
+@pytest.fixture
+def concurrency(monkeypatch: pytest.MonkeyPatch) -> Concurrency:
+    counter = Concurrency()
+
+    def hash_otp(otp: str, cost: int) -> str:
+        with counter.running():
+            return f"hash-of-{otp}-{cost}"
+
+    def verify_otp(otp: str, encoded: str) -> bool:
+        with counter.running():
+            return encoded == f"hash-of-{otp}-4"
+
+    monkeypatch.setattr(codes, "hash_otp", hash_otp)
+    monkeypatch.setattr(codes, "verify_otp", verify_otp)
+    return counter
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+async def test_the_pool_never_runs_more_than_its_workers_at_once(concurrency: Concurrency, workers: int) -> None:
+    pool = KdfPool(workers)
+    results: list[object] = []
+
+    async def hash_one() -> None:
+        results.append(await pool.hash(SAMPLE_OTP, 4))
+
+    async def verify_one() -> None:
+        results.append(await pool.verify(SAMPLE_OTP, f"hash-of-{SAMPLE_OTP}-4"))
+
+    async with anyio.create_task_group() as tasks:
+        for _ in range(4 * workers):
+            tasks.start_soon(hash_one)
+            tasks.start_soon(verify_one)
+        await anyio.sleep(0.01)
+        assert pool.busy == workers
+        assert pool.waiting > 0
+    assert concurrency.calls == 8 * workers
+    assert concurrency.most == workers  # hashes and checks share the one bound, and fill it
+    assert results.count(True) == 4 * workers
+    assert (pool.busy, pool.waiting) == (0, 0)
+
+
+async def test_a_cancelled_caller_keeps_its_worker_until_the_hash_ends(concurrency: Concurrency) -> None:
+    """The thread cannot be stopped, so its turn is not given away early: never more than `workers` threads."""
+    pool = KdfPool(1)
+    async with anyio.create_task_group() as tasks:
+        for _ in range(3):
+            tasks.start_soon(pool.hash, SAMPLE_OTP, 4)
+        await anyio.sleep(0.005)
+        tasks.cancel_scope.cancel()
+    assert concurrency.most == 1
+    assert pool.busy == 0
+
+
+def test_a_pool_is_made_without_an_event_loop_and_takes_one_only_when_used() -> None:
+    pool = KdfPool(2)
+    assert (pool.workers, pool.busy, pool.waiting) == (2, 0, 0)
+    with pytest.raises(ValueError, match="at least one worker"):
+        KdfPool(0)
+
+
+async def test_the_pool_hashes_and_verifies_for_real() -> None:
+    pool = KdfPool(2)
+    encoded = await pool.hash(SAMPLE_OTP, 4)
+    assert encoded.startswith("scrypt$4$8$1$")
+    assert await pool.verify(SAMPLE_OTP, encoded)
+    assert not await pool.verify("WRONGOTP", encoded)
+
+
+# ---------------------------------------------------------------------------------------------
+# The event loop is not blocked while the pool is saturated (hashlib.scrypt releases the GIL).
+
+
+def one_hash_seconds() -> float:
+    """One hash at HIGH_COST, on this thread: what a stall would look like if the loop ran it."""
+    started = time.perf_counter()
+    codes.hash_otp(SAMPLE_OTP, HIGH_COST)
+    return time.perf_counter() - started
+
+
+@asynccontextmanager
+async def saturated(pool: KdfPool, hash_once: Callable[[], Coroutine[object, object, object]]) -> AsyncIterator[None]:
+    """`pool` full for the body's duration: twice its workers in hashes (`hash_once`), the rest queued."""
+    async with anyio.create_task_group() as tasks:
+        for _ in range(2 * pool.workers + 1):
+            tasks.start_soon(hash_once)
+        with anyio.fail_after(10):
+            while pool.busy < pool.workers:  # noqa: ASYNC110 (the pool offers no event)
+                await anyio.sleep(0.005)
+        yield
+        assert pool.busy == pool.workers  # still saturated at the end of the body
+
+
+async def test_the_loop_keeps_turning_while_the_pool_is_saturated() -> None:
+    hash_seconds = one_hash_seconds()
+    pool = KdfPool(2)
+    gaps: list[float] = []
+    async with saturated(pool, lambda: pool.hash(SAMPLE_OTP, HIGH_COST)):
+        deadline = time.perf_counter() + hash_seconds
+        while time.perf_counter() < deadline:
+            started = time.perf_counter()
+            await anyio.sleep(0.001)
+            gaps.append(time.perf_counter() - started)
+    assert len(gaps) > 10
+    worst = max(gaps)
+    assert worst < hash_seconds / 4, (
+        f"the loop stalled {worst * 1000:.0f} ms; one hash takes {hash_seconds * 1000:.0f} ms"
+    )
+
+
+async def test_healthz_answers_while_the_pool_is_saturated() -> None:
+    """A minimal app served by uvicorn: /healthz answers on the loop while /hash requests fill the pool."""
+    pool = KdfPool(2)
+
+    async def healthz(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("ok")
+
+    async def hash_route(request: Request) -> JSONResponse:
+        return JSONResponse({"hash": await pool.hash(SAMPLE_OTP, HIGH_COST)})
+
+    app = Starlette(routes=[Route("/healthz", healthz), Route("/hash", hash_route, methods=["POST"])])
+    hash_seconds = one_hash_seconds()
+    latencies: list[float] = []
+    async with (
+        run_server(app) as url,
+        httpx.AsyncClient(base_url=url, timeout=60) as http,
+        saturated(pool, lambda: http.post("/hash")),
+    ):
+        deadline = time.perf_counter() + hash_seconds
+        while time.perf_counter() < deadline:
+            started = time.perf_counter()
+            assert (await http.get("/healthz")).text == "ok"
+            latencies.append(time.perf_counter() - started)
+    assert len(latencies) > 5
+    worst = max(latencies)
+    assert worst < hash_seconds / 4, f"/healthz took {worst * 1000:.0f} ms; one hash takes {hash_seconds * 1000:.0f} ms"
+
+
+# ---------------------------------------------------------------------------------------------
+# GATEWAY_KDF_WORKERS
+
+
+def test_kdf_workers_defaults_to_the_usable_cpus() -> None:
+    settings = Settings.from_env({"GATEWAY_ENV_FILE": ""})
+    assert settings.kdf_workers == max(1, min(64, len(os.sched_getaffinity(0))))
+
+
+def test_kdf_workers_is_read_and_bounded() -> None:
+    assert Settings.from_env({"GATEWAY_ENV_FILE": "", "GATEWAY_KDF_WORKERS": "7"}).kdf_workers == 7
+    for raw in ("0", "65", "two"):
+        with pytest.raises(SettingsError, match="GATEWAY_KDF_WORKERS"):
+            Settings.from_env({"GATEWAY_ENV_FILE": "", "GATEWAY_KDF_WORKERS": raw})
