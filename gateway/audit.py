@@ -29,7 +29,6 @@ from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 
 from sqlalchemy import BigInteger, Column, Connection, Integer, String, Table, event, insert, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.store import Store, UnitOfWork, UTCDateTime, metadata
 
@@ -154,12 +153,12 @@ class AuditTrail:
         work.defer(self, receipt)
         return receipt
 
-    async def begin_batch(self, connection: AsyncConnection) -> None:
+    def begin_batch(self, connection: Connection) -> None:
         if connection.dialect.name == "postgresql":
-            await connection.execute(_LOCK_HEAD)
+            connection.execute(_LOCK_HEAD)
 
-    async def flush(self, connection: AsyncConnection, items: Sequence[object]) -> None:
-        seq, prev_hash = (await connection.execute(_HEAD)).one()
+    def flush(self, connection: Connection, items: Sequence[object]) -> None:
+        seq, prev_hash = connection.execute(_HEAD).one()
         rows: list[dict[str, object]] = []
         for item in items:
             assert isinstance(item, Receipt)
@@ -167,12 +166,12 @@ class AuditTrail:
             digest = link_hash(prev_hash, seq, item.event)
             rows.append({**asdict(item.event), "seq": seq, "prev_hash": prev_hash, "hash": digest})
             item.seq, prev_hash = seq, digest
-        await connection.execute(insert(audit_events), rows)
-        await connection.execute(update(audit_head).where(audit_head.c.id == 1).values(seq=seq, hash=prev_hash))
+        connection.execute(insert(audit_events), rows)
+        connection.execute(update(audit_head).where(audit_head.c.id == 1).values(seq=seq, hash=prev_hash))
 
     async def records(self) -> AsyncGenerator[AuditRecord, None]:
         """Every row in chain order, streamed."""
-        async with self.store.read() as conn:
+        async with self.store.engine.connect() as conn:
             result = await conn.stream(select(audit_events).order_by(audit_events.c.seq))
             async for row in result:
                 yield AuditRecord(**row._mapping)
@@ -190,7 +189,7 @@ class AuditTrail:
                 if link_hash(prev_hash, record.seq, event) != record.hash:
                     return record.seq, "its contents do not match its hash"
                 prev_hash, expected_seq = record.hash, expected_seq + 1
-        async with self.store.read() as conn:
+        async with self.store.engine.connect() as conn:
             head = (await conn.execute(select(audit_head))).first()
         last = expected_seq - 1
         if head is not None and (head.seq, head.hash) != (last, prev_hash):
@@ -217,7 +216,7 @@ class AuditTrail:
             .where(audit_events.c.outcome == PENDING, audit_events.c.seq.not_in(resolved))
             .order_by(audit_events.c.seq)
         )
-        async with self.store.read() as conn:
+        async with self.store.engine.connect() as conn:
             return list((await conn.execute(query)).scalars())
 
 

@@ -51,7 +51,7 @@ async def device_bootstrap(request: Request) -> JSONResponse:
     access_id, otp = credentials
     request_id: str = request.state.request_id
 
-    async def record(work: UnitOfWork, result: Bootstrap) -> None:
+    def record(work: UnitOfWork, result: Bootstrap) -> None:
         pair = result.pair
         event = AuditEvent(
             at=engine.clock(),

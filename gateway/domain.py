@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
@@ -257,7 +257,7 @@ class Caller:
     principal: Principal | None = None
 
 
-Change = Callable[[Any], Awaitable[T]]
+Change = Callable[[Any], T]
 """A backend's writes, run inside the attempt's unit of work (a function of `gateway.store.UnitOfWork`)."""
 
 

@@ -13,10 +13,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Column, Integer, String, Table, bindparam, case, select
+from sqlalchemy import Column, Connection, Integer, String, Table, bindparam, case, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.store import Store, UTCDateTime, metadata
 
@@ -61,19 +60,19 @@ class RateLimiter:
             },
         ).returning(rate_counters.c.count, rate_counters.c.window_start)
 
-    async def hit(self, connection: AsyncConnection, limit: Limit, key: str) -> int | None:
+    def hit(self, connection: Connection, limit: Limit, key: str) -> int | None:
         """Count one attempt; None when it is within the limit, else the seconds until the window ends."""
         if limit.attempts <= 0:
             return None
         now = self.clock()
-        result = await connection.execute(
+        result = connection.execute(
             self._hit,
             {"key": limit.key(key), "now": now, "cutoff": now - limit.window},
         )
         count, window_start = result.one()
         return _retry_after(limit, count, window_start, now)
 
-    async def peek(self, connection: AsyncConnection, hits: Sequence[tuple[Limit, str]]) -> int | None:
+    def peek(self, connection: Connection, hits: Sequence[tuple[Limit, str]]) -> int | None:
         """What counting `hits` would answer now (the longest wait, or None), counting nothing: one query."""
         limits = {limit.key(key): limit for limit, key in hits if limit.attempts > 0}
         if not limits:
@@ -84,7 +83,7 @@ class RateLimiter:
         )
         waits = [
             _retry_after(limits[key], count + 1, window_start, now)
-            for key, count, window_start in await connection.execute(query)
+            for key, count, window_start in connection.execute(query)
             if window_start > now - limits[key].window
         ]
         return max((wait for wait in waits if wait is not None), default=None)

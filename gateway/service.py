@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy import Connection
 
 from gateway.audit import PENDING, AuditEvent, AuditTrail, Receipt, clip
 from gateway.domain import (
@@ -148,7 +148,7 @@ class RegenerationService:
     async def _record(self, event: AuditEvent) -> None:
         """An audit row in a unit of its own: an attempt that never reached (or never finished) its unit."""
 
-        async def append(work: UnitOfWork) -> None:
+        def append(work: UnitOfWork) -> None:
             self.audit.append(work, event)
 
         try:
@@ -191,8 +191,7 @@ class RegenerationAttempt:
 
     async def check(self) -> None:
         """Raise `Refusal(RATE_LIMITED)` if a commit now would be over a limit; counts nothing (one read)."""
-        async with self.service.audit.store.read() as conn:
-            retry_after = await self.service.limiter.peek(conn, self.limits)
+        retry_after = await self.service.audit.store.read(lambda conn: self.service.limiter.peek(conn, self.limits))
         if retry_after is not None:
             raise Refusal(ErrorCode.RATE_LIMITED, retry_after_seconds=retry_after)
 
@@ -207,11 +206,11 @@ class RegenerationAttempt:
     async def _commit(self, change: Change[T], outcome: str) -> tuple[T, Receipt]:
         audit = self.service.audit
 
-        async def unit(work: UnitOfWork) -> tuple[T, Receipt] | Refusal:
-            refusal = await self._count(work.connection)
+        def unit(work: UnitOfWork) -> tuple[T, Receipt] | Refusal:
+            refusal = self._count(work.connection)
             if refusal is None:
                 try:
-                    value = await change(work)
+                    value = change(work)
                 except Refusal as refused:
                     refusal = refused
             if refusal is not None:
@@ -225,15 +224,15 @@ class RegenerationAttempt:
             raise answer
         return answer
 
-    async def _count(self, conn: AsyncConnection) -> Refusal | None:
+    def _count(self, conn: Connection) -> Refusal | None:
         for limit, key in self.limits:
-            retry_after = await self.service.limiter.hit(conn, limit, key)
+            retry_after = self.service.limiter.hit(conn, limit, key)
             if retry_after is not None:
                 return Refusal(ErrorCode.RATE_LIMITED, retry_after_seconds=retry_after)
         return None
 
 
-async def _nothing(work: UnitOfWork) -> None:
+def _nothing(work: UnitOfWork) -> None:
     return None
 
 

@@ -1,11 +1,11 @@
-"""The database: engine, pool, dialect tuning, metadata, and group commit of units of work.
+"""The database: engines, pools, dialect tuning, metadata, and group commit of units of work.
 
-One code path for SQLite (aiosqlite) and PostgreSQL (asyncpg), through SQLAlchemy Core. Each
-table is declared beside its owner on the shared `metadata` (the audit trail's in `audit.py`,
-the rate limiter's in `rate_limits.py`, the local engine's in `engine/tables.py`); the store
-creates only the tables it is given, so upstream mode has no engine tables.
+One code path for SQLite and PostgreSQL, through SQLAlchemy Core. Each table is declared beside
+its owner on the shared `metadata` (the audit trail's in `audit.py`, the rate limiter's in
+`rate_limits.py`, the local engine's in `engine/tables.py`); the store creates only the tables it
+is given, so upstream mode has no engine tables.
 
-**Units of work and group commit.** Everything one attempt writes is a *unit*: an async function
+**Units of work and group commit.** Everything one attempt writes is a *unit*: a plain function
 of a `UnitOfWork` (its connection, and `defer` for rows a participant such as the audit trail
 writes at the end of the batch). `Store.submit(unit)` queues it; one writer task per store takes
 every unit waiting, runs them one after another in **one transaction**, lets the participants
@@ -15,24 +15,35 @@ concurrent attempts share one sync instead of paying one each. A unit that raise
 alone: the transaction is rolled back and the other units run again in a new one (units read
 before they write, so running one again is safe); it never reaches the commit.
 
+**Why units and reads are synchronous functions.** A batch (or a read) is handed to the database
+in one piece: on SQLite to a worker thread holding a plain `sqlite3` connection (aiosqlite would
+hop to its thread and back for every cursor call, five hops a statement: most of an attempt's
+CPU when profiled); on PostgreSQL through `AsyncConnection.run_sync`, where the same code drives
+asyncpg on the event loop. The event loop never waits on SQLite's locks or its fsync.
+
 Participants (`Participant`) are told when each batch begins, before any unit runs: the audit
 trail locks its head row there, which lines batches up across processes (every batch takes that
 lock first, so batches of different replicas never wait on each other's device rows in a cycle).
+
+`Store.engine` is an async engine over the same database for everything off the hot path:
+creating tables, seeding (`transaction`), tools and tests.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from sqlalchemy import DateTime, MetaData, Table, TypeDecorator, event, text
-from sqlalchemy.engine import Dialect, make_url
+import anyio.to_thread
+from anyio import CapacityLimiter
+from sqlalchemy import Connection, DateTime, Engine, MetaData, Table, TypeDecorator, create_engine, event, text
+from sqlalchemy.engine import URL, Dialect, make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
@@ -46,7 +57,11 @@ metadata = MetaData()
 MAX_BATCH = 128
 """Units committed together at most: bounds a batch's transaction time."""
 READERS = 4
-"""SQLite: connections for reads beside the writer's one."""
+"""SQLite: connections (and threads) for reads beside the writer's one."""
+POSTGRES_POOL_SIZE = 20
+"""PostgreSQL: pooled connections per process (beyond them, up to 10 more on demand)."""
+BUSY_TIMEOUT_SECONDS = 30
+"""SQLite: how long a writer waits for another process's write lock before failing."""
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -72,29 +87,25 @@ class UTCDateTime(TypeDecorator[datetime]):
 class UnitOfWork:
     """One unit's share of a batch transaction."""
 
-    connection: AsyncConnection
+    connection: Connection
     deferred: list[tuple[Participant, object]] = field(default_factory=list)
-
-    @property
-    def dialect(self) -> str:
-        """`sqlite` or `postgresql`."""
-        return self.connection.dialect.name
 
     def defer(self, participant: Participant, item: object) -> None:
         """Hand `item` to `participant.flush` at the end of the batch (dropped if this unit fails)."""
         self.deferred.append((participant, item))
 
 
-Unit = Callable[[UnitOfWork], Awaitable[T]]
+Unit = Callable[[UnitOfWork], T]
+Read = Callable[[Connection], T]
 
 
 class Participant(Protocol):
     """A writer of rows on behalf of many units, once per batch (the audit trail)."""
 
-    async def begin_batch(self, connection: AsyncConnection) -> None:
+    def begin_batch(self, connection: Connection) -> None:
         """Called first in every batch transaction, before any unit runs."""
 
-    async def flush(self, connection: AsyncConnection, items: Sequence[object]) -> None:
+    def flush(self, connection: Connection, items: Sequence[object]) -> None:
         """Write what the batch's units deferred to this participant, in their order."""
 
 
@@ -104,18 +115,23 @@ class _Pending:
     answer: asyncio.Future[Any]
 
 
+Outcome = tuple[list[Any], tuple[int, Exception] | None]
+"""A batch's results, and the index and error of the unit that failed (None: all committed)."""
+
+
 class Store:
-    """An open store: an async engine with its pool and its group-commit writer.
+    """An open store: its engines and pools and its group-commit writer.
 
     Open with `Store.open`, close with `close` (the app's lifespan does both).
     """
 
-    def __init__(self, engine: AsyncEngine, *, reader: AsyncEngine | None = None, max_batch: int = MAX_BATCH) -> None:
+    def __init__(self, engine: AsyncEngine, *, sqlite_writer: Engine | None, sqlite_reader: Engine | None) -> None:
         self.engine = engine
-        self.reader = reader or engine
-        """Where reads go: on SQLite a pool of its own in autocommit, so that reads (each statement
-        a snapshot, in WAL mode) neither wait for the writer nor hold it up."""
-        self.max_batch = max_batch
+        self._sqlite_writer = sqlite_writer
+        self._sqlite_reader = sqlite_reader
+        # One batch at a time; SQLite's reads run in threads of their own, as many as connections.
+        self._write_thread = CapacityLimiter(1)
+        self._read_threads = CapacityLimiter(READERS)
         self.participants: list[Participant] = []
         self._queue: list[_Pending] = []
         self._writer: asyncio.Task[None] | None = None
@@ -126,31 +142,25 @@ class Store:
         """`sqlite` or `postgresql`."""
         return self.engine.dialect.name
 
+    @property
+    def write_engine(self) -> Engine:
+        """The engine whose connections run the batches (where their commits can be watched)."""
+        return self._sqlite_writer or self.engine.sync_engine
+
     @classmethod
     async def open(cls, url: str, *, schema: str = "", tables: Sequence[Table] = (), create: bool = True) -> Store:
         """Connect (creating a SQLite file's folder) and, unless told not to, create the missing `tables`."""
         parsed = make_url(url)
-        options: dict[str, Any] = {"pool_pre_ping": True}
-        sqlite = parsed.get_backend_name() == "sqlite"
-        if sqlite:
-            if parsed.database and parsed.database != ":memory:":
-                Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-            # Wait for the write lock (up to 30 s) rather than failing at once under contention.
-            options["connect_args"] = {"timeout": 30}
-            # SQLite has one writer at a time, and every transaction here begins IMMEDIATE: a single
-            # connection per process queues them fairly in the pool, where several connections would
-            # poll SQLite's busy handler (sleeps of up to 100 ms) and stretch the latency tail.
-            options.update(pool_size=1, max_overflow=0, pool_timeout=30)
-        if schema:
-            options["execution_options"] = {"schema_translate_map": {None: schema}}
-        engine = create_async_engine(parsed, **options)
-        reader = None
-        if sqlite:
-            _configure_sqlite(engine, begin="BEGIN IMMEDIATE")
-            # Reads are single statements: each its own implicit transaction, no BEGIN or ROLLBACK.
-            reader = create_async_engine(parsed, **{**options, "pool_size": READERS, "isolation_level": "AUTOCOMMIT"})
-            _configure_sqlite(reader, begin=None)
-        store = cls(engine, reader=reader)
+        if parsed.get_backend_name() != "sqlite":
+            # Every attempt holds a connection briefly for each of its reads, and the writer one for
+            # each batch: SQLAlchemy's default 5 (+10 overflow) left callers queueing for the pool.
+            options: dict[str, Any] = {"pool_pre_ping": True, "pool_size": POSTGRES_POOL_SIZE}
+            if schema:
+                options["execution_options"] = {"schema_translate_map": {None: schema}}
+            store = cls(create_async_engine(parsed, **options), sqlite_writer=None, sqlite_reader=None)
+        else:
+            engine, writer, reader = _sqlite_engines(parsed)
+            store = cls(engine, sqlite_writer=writer, sqlite_reader=reader)
         if create and tables:
             try:
                 await store.create_tables(tables)
@@ -169,12 +179,13 @@ class Store:
         if not any(type(joined) is type(participant) for joined in self.participants):
             self.participants.append(participant)
 
-    @asynccontextmanager
-    async def read(self) -> AsyncIterator[AsyncConnection]:
-        """A connection for reading; on SQLite each statement sees its own snapshot and never
-        holds the write lock (a read of several statements that must agree uses `transaction`)."""
-        async with self.reader.connect() as conn:
-            yield conn
+    async def read(self, query: Read[T]) -> T:
+        """Run `query` on a connection of its own; on SQLite each statement reads a snapshot of its
+        own and never takes the write lock."""
+        if self._sqlite_reader is not None:
+            return await anyio.to_thread.run_sync(_read, self._sqlite_reader, query, limiter=self._read_threads)
+        async with self.engine.connect() as conn:
+            return await conn.run_sync(query)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncConnection]:
@@ -200,7 +211,7 @@ class Store:
         batch: list[_Pending] = []
         try:
             while self._queue:
-                batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch :]
+                batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
                 # A caller that gave up before its turn (client gone) is not acted for.
                 await self._commit([pending for pending in batch if not pending.answer.done()])
         except BaseException:
@@ -212,8 +223,9 @@ class Store:
 
     async def _commit(self, batch: list[_Pending]) -> None:
         while batch:
+            units = [pending.unit for pending in batch]
             try:
-                results, failed = await self._run_batch(batch)
+                results, failed = await self._run(units)
             except Exception as error:  # the begin, a participant or the commit failed: nothing is stored
                 for pending in batch:
                     _answer(pending.answer, error=error)
@@ -227,18 +239,29 @@ class Store:
             _answer(batch[index].answer, error=unit_error)
             batch = batch[:index] + batch[index + 1 :]
 
-    async def _run_batch(self, batch: list[_Pending]) -> tuple[list[Any], tuple[int, BaseException] | None]:
+    async def _run(self, units: list[Unit[Any]]) -> Outcome:
+        if self._sqlite_writer is not None:
+            writer = self._sqlite_writer
+            return await anyio.to_thread.run_sync(self._run_on, writer, units, limiter=self._write_thread)
+        async with self.engine.connect() as conn:
+            return await conn.run_sync(self._run_batch, units)
+
+    def _run_on(self, engine: Engine, units: list[Unit[Any]]) -> Outcome:
+        with engine.connect() as conn:
+            return self._run_batch(conn, units)
+
+    def _run_batch(self, conn: Connection, units: list[Unit[Any]]) -> Outcome:
         results: list[Any] = []
-        async with self.engine.connect() as conn, conn.begin() as transaction:
+        works: list[UnitOfWork] = []
+        with conn.begin() as transaction:
             for participant in self.participants:
-                await participant.begin_batch(conn)
-            works: list[UnitOfWork] = []
-            for index, pending in enumerate(batch):
+                participant.begin_batch(conn)
+            for index, unit in enumerate(units):
                 work = UnitOfWork(conn)
                 try:
-                    results.append(await pending.unit(work))
+                    results.append(unit(work))
                 except Exception as error:
-                    await transaction.rollback()
+                    transaction.rollback()
                     return results, (index, error)
                 works.append(work)
             deferred: dict[int, tuple[Participant, list[object]]] = {}
@@ -246,21 +269,21 @@ class Store:
                 for owner, item in work.deferred:
                     deferred.setdefault(id(owner), (owner, []))[1].append(item)
             for owner, items in deferred.values():
-                await owner.flush(conn, items)
+                owner.flush(conn, items)
         return results, None
 
     async def ping(self) -> bool:
         """True when the database answers a trivial query within 5 s."""
         try:
-            async with asyncio.timeout(5), self.read() as conn:
-                await conn.execute(text("SELECT 1"))
+            with anyio.fail_after(5):
+                await self.read(lambda conn: conn.execute(text("SELECT 1")).scalar())
         except (SQLAlchemyError, OSError, TimeoutError):
             log.warning("the store did not answer", exc_info=True)
             return False
         return True
 
     async def close(self) -> None:
-        """Let queued units finish, then close the pool."""
+        """Let queued units finish, then close the pools."""
         self._closed = True
         if self._writer is not None:
             with suppress(Exception):
@@ -269,8 +292,14 @@ class Store:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
-        if self.reader is not self.engine:
-            await self.reader.dispose()
+        for engine in (self._sqlite_writer, self._sqlite_reader):
+            if engine is not None:
+                engine.dispose()
+
+
+def _read(engine: Engine, query: Read[T]) -> T:
+    with engine.connect() as conn:
+        return query(conn)
 
 
 def _answer(future: asyncio.Future[Any], *, result: Any = None, error: BaseException | None = None) -> None:
@@ -282,19 +311,43 @@ def _answer(future: asyncio.Future[Any], *, result: Any = None, error: BaseExcep
         future.set_result(result)
 
 
-def _configure_sqlite(engine: AsyncEngine, *, begin: str | None) -> None:
+def _sqlite_engines(url: URL) -> tuple[AsyncEngine, Engine, Engine]:
+    """SQLite: the async engine (aiosqlite) for tools and seeding, and plain `sqlite3` engines for
+    the hot path: one connection for the writer's batches and a few for reads, used in threads.
+
+    SQLite has one writer at a time: one writer connection per process queues this process's
+    batches, where several would poll SQLite's busy handler (sleeps of up to 100 ms) and stretch
+    the latency tail.
+    """
+    if url.database and url.database != ":memory:":
+        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+    plain = url.set(drivername="sqlite+pysqlite")
+    threads = {"timeout": BUSY_TIMEOUT_SECONDS, "check_same_thread": False}
+    engine = create_async_engine(
+        url, connect_args={"timeout": BUSY_TIMEOUT_SECONDS}, pool_size=1, max_overflow=0, pool_timeout=30
+    )
+    writer = create_engine(plain, connect_args=threads, pool_size=1, max_overflow=0)
+    # Reads are single statements: each its own implicit transaction, no BEGIN or ROLLBACK.
+    reader = create_engine(plain, connect_args=threads, pool_size=READERS, isolation_level="AUTOCOMMIT")
+    for each in (engine.sync_engine, writer):
+        _tune_sqlite(each, begin="BEGIN IMMEDIATE")
+    _tune_sqlite(reader, begin=None)
+    return engine, writer, reader
+
+
+def _tune_sqlite(engine: Engine, *, begin: str | None) -> None:
     """Let SQLAlchemy, not the driver, begin transactions, with `begin` (None: reads in autocommit).
 
-    The writer begins IMMEDIATE: pysqlite's own BEGIN is deferred, and two transactions that read
+    Writers begin IMMEDIATE: pysqlite's own BEGIN is deferred, and two transactions that read
     and then write would deadlock and one would fail with "database is locked"; BEGIN IMMEDIATE
     takes the write lock first and the other (another process's writer) waits its turn (up to the
-    connect timeout). Readers run each statement in its own implicit transaction: they never take
-    the write lock. WAL lets readers run beside a writer;
-    `synchronous=FULL` makes every commit durable on power loss (WAL's NORMAL may lose the last
-    commits), and group commit keeps its cost at one sync per batch.
+    busy timeout). Readers run each statement in its own implicit transaction: they never take
+    the write lock. WAL lets readers run beside a writer; `synchronous=FULL` makes every commit
+    durable on power loss (WAL's NORMAL may lose the last commits), and group commit keeps its
+    cost at one sync per batch.
     """
 
-    @event.listens_for(engine.sync_engine, "connect")
+    @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
@@ -305,6 +358,6 @@ def _configure_sqlite(engine: AsyncEngine, *, begin: str | None) -> None:
 
     if begin is not None:
 
-        @event.listens_for(engine.sync_engine, "begin")
+        @event.listens_for(engine, "begin")
         def _on_begin(conn: Any) -> None:
             conn.exec_driver_sql(begin)

@@ -51,11 +51,11 @@ def counting_commits(store: Store) -> Iterator[list[int]]:
     def count(_connection: Any) -> None:
         commits.append(1)
 
-    event.listen(store.engine.sync_engine, "commit", count)
+    event.listen(store.write_engine, "commit", count)
     try:
         yield commits
     finally:
-        event.remove(store.engine.sync_engine, "commit", count)
+        event.remove(store.write_engine, "commit", count)
 
 
 async def rows(store: Store, table: Any) -> int:
@@ -89,11 +89,11 @@ async def test_concurrent_attempts_share_commits(store: Store, engine: Credentia
 async def test_a_unit_that_fails_is_rolled_back_alone(store: Store) -> None:
     trail = AuditTrail(store)
 
-    async def fails(work: UnitOfWork) -> None:
+    def fails(work: UnitOfWork) -> None:
         trail.append(work, _event("FAILS"))
         raise RuntimeError("this unit's own error")
 
-    async def succeeds(work: UnitOfWork) -> str:
+    def succeeds(work: UnitOfWork) -> str:
         trail.append(work, _event("SUCCEEDS"))
         return "done"
 
@@ -128,14 +128,14 @@ async def test_no_caller_is_answered_before_its_commit(
         except Refusal as refusal:
             answers.append(refusal.code)
 
-    event.listen(store.engine.sync_engine, "commit", refuse_commit)
+    event.listen(store.write_engine, "commit", refuse_commit)
     try:
         with caplog.at_level(logging.ERROR):
             async with anyio.create_task_group() as tasks:
                 for index in range(10):
                     tasks.start_soon(attempt, index)
     finally:
-        event.remove(store.engine.sync_engine, "commit", refuse_commit)
+        event.remove(store.write_engine, "commit", refuse_commit)
     assert answers == [ErrorCode.INTERNAL_SERVER_ERROR] * 10
     assert await rows(store, credentials) == 0
     assert await rows(store, audit_events) == 0

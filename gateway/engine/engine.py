@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import enum
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -45,11 +45,11 @@ class Bootstrap:
     instance_id: str | None = None
 
 
-Record = Callable[[UnitOfWork, Bootstrap], Awaitable[None]]
+Record = Callable[[UnitOfWork, Bootstrap], None]
 """Writes a bootstrap's audit row in its unit of work."""
 
 
-async def _nothing(work: UnitOfWork, result: Bootstrap) -> None:
+def _nothing(work: UnitOfWork, result: Bootstrap) -> None:
     return None
 
 
@@ -59,7 +59,7 @@ class _Unaudited:
     def __init__(self, store: Store) -> None:
         self.store = store
 
-    async def commit(self, change: Callable[[UnitOfWork], Awaitable[Credentials]]) -> Credentials:
+    async def commit(self, change: Callable[[UnitOfWork], Credentials]) -> Credentials:
         return await self.store.submit(change)
 
     async def begin(self) -> None:
@@ -96,16 +96,15 @@ class CredentialEngine:
             raise Refusal(ErrorCode.INTERNAL_SERVER_ERROR) from None
 
     async def _regenerate(self, ref: DeviceRef, attempt: Attempt | _Unaudited) -> Credentials:
-        async with self.store.read() as conn:
-            refusal = judge(ref, await tables.facts(conn, ref))
+        refusal = judge(ref, await self.store.read(lambda conn: tables.facts(conn, ref)))
         if refusal is not None:
             await attempt.commit(_refuse(refusal))
 
         otp = codes.new_otp()
         otp_hash = await codes.hash_otp_async(otp, self.kdf_cost)
 
-        async def issue(work: UnitOfWork) -> Credentials:
-            facts = await tables.facts(work.connection, ref, lock=True)
+        def issue(work: UnitOfWork) -> Credentials:
+            facts = tables.facts(work.connection, ref, lock=True)
             refusal = judge(ref, facts)
             if refusal is not None:
                 raise Refusal(refusal)
@@ -113,7 +112,7 @@ class CredentialEngine:
             access_id = codes.new_access_id()
             issued_at = self.clock()
             expires_at = issued_at + self.otp_ttl
-            await tables.replace_pair(
+            tables.replace_pair(
                 work.connection, ref, access_id=access_id, otp_hash=otp_hash, issued_at=issued_at, expires_at=expires_at
             )
             return Credentials(access_id=access_id, otp=otp, device_id=facts.device.instance_id, expires_at=expires_at)
@@ -131,8 +130,7 @@ class CredentialEngine:
 
         Spends nothing and counts nothing: a check for tests and tools, not for devices.
         """
-        async with self.store.read() as conn:
-            pair = await tables.find_pair(conn, access_id)
+        pair = await self.store.read(lambda conn: tables.find_pair(conn, access_id))
         if pair is None or pair.used_at or pair.locked_at or self.clock() >= pair.expires_at:
             return False
         return await codes.verify_otp_async(otp, pair.otp_hash)
@@ -144,19 +142,18 @@ class CredentialEngine:
         the OTP matches (else one more failure, and a lock at `lockout_after`); not yet used.
         The outcome's writes and `record` (its audit row) commit in one unit of work.
         """
-        async with self.store.read() as conn:
-            pair = await tables.find_pair(conn, access_id)
+        pair = await self.store.read(lambda conn: tables.find_pair(conn, access_id))
         now = self.clock()
         matches = pair is not None and await codes.verify_otp_async(otp, pair.otp_hash)
 
-        async def settle(work: UnitOfWork) -> Bootstrap:
-            result = await self._settle(work, pair, matches, now)
-            await record(work, result)
+        def settle(work: UnitOfWork) -> Bootstrap:
+            result = self._settle(work, pair, matches, now)
+            record(work, result)
             return result
 
         return await self.store.submit(settle)
 
-    async def _settle(self, work: UnitOfWork, pair: StoredPair | None, matches: bool, now: datetime) -> Bootstrap:
+    def _settle(self, work: UnitOfWork, pair: StoredPair | None, matches: bool, now: datetime) -> Bootstrap:
         conn = work.connection
         if pair is None:
             return Bootstrap(BootstrapOutcome.UNKNOWN_ACCESS_ID)
@@ -165,16 +162,16 @@ class CredentialEngine:
         if now >= pair.expires_at:
             return Bootstrap(BootstrapOutcome.EXPIRED, pair)
         if not matches:
-            locked = await tables.record_failure(conn, pair, now, self.lockout_after)
+            locked = tables.record_failure(conn, pair, now, self.lockout_after)
             return Bootstrap(BootstrapOutcome.LOCKED if locked else BootstrapOutcome.WRONG_OTP, pair)
-        if pair.used_at is not None or not await tables.mark_used(conn, pair, now):
+        if pair.used_at is not None or not tables.mark_used(conn, pair, now):
             # Spent before (or by another attempt, or the lock fell, between our read and our write).
             return Bootstrap(BootstrapOutcome.ALREADY_BOOTSTRAPPED, pair)
-        return Bootstrap(BootstrapOutcome.BOOTSTRAPPED, pair, await tables.instance_id(conn, pair))
+        return Bootstrap(BootstrapOutcome.BOOTSTRAPPED, pair, tables.instance_id(conn, pair))
 
 
-def _refuse(code: ErrorCode) -> Callable[[UnitOfWork], Awaitable[Credentials]]:
-    async def refuse(work: UnitOfWork) -> Credentials:
+def _refuse(code: ErrorCode) -> Callable[[UnitOfWork], Credentials]:
+    def refuse(work: UnitOfWork) -> Credentials:
         raise Refusal(code)
 
     return refuse

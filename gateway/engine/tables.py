@@ -1,5 +1,6 @@
 """The local engine's tables and its SQL: the registry (study modes, subjects, devices) and the
-credentials, with the queries the engine runs on a connection inside a unit of work.
+credentials, with the queries the engine runs on a connection (plain functions: a read or a
+unit of work of `gateway.store` runs them, on SQLite in a worker thread).
 
 One credential row per device: replacing it is what makes the previous pair stop working; only a
 salted hash of the OTP is stored.
@@ -14,6 +15,7 @@ from typing import Any
 from sqlalchemy import (
     Boolean,
     Column,
+    Connection,
     Enum,
     ForeignKeyConstraint,
     Integer,
@@ -28,7 +30,6 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.domain import DeviceRef, StudyMode
 from gateway.engine.registry import ConnectionType, Registry, RegistryError
@@ -152,12 +153,12 @@ def _key(ref: DeviceRef) -> dict[str, Any]:
     return {"study_id": ref.study_id, "mode": ref.mode, "inventory_id": ref.inventory_id}
 
 
-async def facts(conn: AsyncConnection, ref: DeviceRef, *, lock: bool = False) -> DeviceFacts:
+def facts(conn: Connection, ref: DeviceRef, *, lock: bool = False) -> DeviceFacts:
     """Everything the rules need, in one query; `lock` first holds the device row (PostgreSQL; on
     SQLite the transaction's write lock already holds the whole database)."""
     if lock and conn.dialect.name == "postgresql":
-        await conn.execute(_LOCK_DEVICE, _key(ref))
-    row = (await conn.execute(_FACTS, {**_key(ref), "subject_id": ref.subject_id})).first()
+        conn.execute(_LOCK_DEVICE, _key(ref))
+    row = (conn.execute(_FACTS, {**_key(ref), "subject_id": ref.subject_id})).first()
     if row is None:
         return DeviceFacts(study_mode_known=False, mhealth_configured=False, subject_m_subject_id=None, device=None)
     device = None
@@ -177,8 +178,8 @@ async def facts(conn: AsyncConnection, ref: DeviceRef, *, lock: bool = False) ->
     )
 
 
-async def replace_pair(
-    conn: AsyncConnection, ref: DeviceRef, *, access_id: str, otp_hash: str, issued_at: datetime, expires_at: datetime
+def replace_pair(
+    conn: Connection, ref: DeviceRef, *, access_id: str, otp_hash: str, issued_at: datetime, expires_at: datetime
 ) -> None:
     """Make (access_id, otp_hash) the device's only pair, in one upsert. Raises IntegrityError on a taken access id."""
     values = {
@@ -192,21 +193,21 @@ async def replace_pair(
     }
     insert_ = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
     stmt = insert_(credentials).values({**_key(ref), **values})
-    await conn.execute(
+    conn.execute(
         stmt.on_conflict_do_update(
             index_elements=[credentials.c.study_id, credentials.c.mode, credentials.c.inventory_id], set_=values
         )
     )
 
 
-async def find_pair(conn: AsyncConnection, access_id: str) -> StoredPair | None:
-    row = (await conn.execute(select(credentials).where(credentials.c.access_id == access_id))).first()
+def find_pair(conn: Connection, access_id: str) -> StoredPair | None:
+    row = (conn.execute(select(credentials).where(credentials.c.access_id == access_id))).first()
     return None if row is None else StoredPair(**row._mapping)
 
 
-async def mark_used(conn: AsyncConnection, pair: StoredPair, now: datetime) -> bool:
+def mark_used(conn: Connection, pair: StoredPair, now: datetime) -> bool:
     """Spend the pair once: true only for the one caller whose update found it unused and unlocked."""
-    result = await conn.execute(
+    result = conn.execute(
         update(credentials)
         .where(
             credentials.c.access_id == pair.access_id,
@@ -219,21 +220,21 @@ async def mark_used(conn: AsyncConnection, pair: StoredPair, now: datetime) -> b
     return result.rowcount == 1
 
 
-async def instance_id(conn: AsyncConnection, pair: StoredPair) -> str:
+def instance_id(conn: Connection, pair: StoredPair) -> str:
     query = select(devices.c.instance_id).where(
         devices.c.study_id == pair.study_id,
         devices.c.mode == pair.mode,
         devices.c.inventory_id == pair.inventory_id,
     )
-    instance_id: str = (await conn.execute(query)).scalar_one()
+    instance_id: str = (conn.execute(query)).scalar_one()
     return instance_id
 
 
-async def record_failure(conn: AsyncConnection, pair: StoredPair, now: datetime, lock_after: int) -> bool:
+def record_failure(conn: Connection, pair: StoredPair, now: datetime, lock_after: int) -> bool:
     """Count a wrong OTP against the pair (atomically); lock it at `lock_after`. True when now locked."""
     this_pair = (credentials.c.access_id == pair.access_id, credentials.c.otp_hash == pair.otp_hash)
-    await conn.execute(update(credentials).where(*this_pair).values(failed_attempts=credentials.c.failed_attempts + 1))
-    result = await conn.execute(
+    conn.execute(update(credentials).where(*this_pair).values(failed_attempts=credentials.c.failed_attempts + 1))
+    result = conn.execute(
         update(credentials)
         .where(*this_pair, credentials.c.failed_attempts >= lock_after, credentials.c.locked_at.is_(None))
         .values(locked_at=now)
@@ -244,21 +245,20 @@ async def record_failure(conn: AsyncConnection, pair: StoredPair, now: datetime,
 async def seed(store: Store, registry: Registry) -> None:
     """Upsert a registry in one transaction: all of it or, on any error, none of it."""
     async with store.transaction() as conn:
-        await upsert_registry(conn, registry)
+        await conn.run_sync(upsert_registry, registry)
 
 
 async def store_is_empty(store: Store) -> bool:
-    async with store.read() as conn:
-        return await is_empty(conn)
+    return await store.read(is_empty)
 
 
-async def is_empty(conn: AsyncConnection) -> bool:
-    return (await conn.execute(select(func.count()).select_from(study_modes))).scalar_one() == 0
+def is_empty(conn: Connection) -> bool:
+    return (conn.execute(select(func.count()).select_from(study_modes))).scalar_one() == 0
 
 
-async def upsert_registry(conn: AsyncConnection, registry: Registry) -> None:
+def upsert_registry(conn: Connection, registry: Registry) -> None:
     """Insert or update every entry; raise `RegistryError` (and so roll back) on a dangling reference."""
-    await _check_references(conn, registry)
+    _check_references(conn, registry)
     mode_rows = [
         {"study_id": s.id, "mode": mode, "mhealth_configured": mode in s.mhealth_settings}
         for s in registry.studies
@@ -281,44 +281,44 @@ async def upsert_registry(conn: AsyncConnection, registry: Registry) -> None:
         }
         for d in registry.devices
     ]
-    await _upsert(conn, study_modes, ("study_id", "mode"), mode_rows)
-    await _upsert(conn, subjects, ("study_id", "mode", "subject_id"), subject_rows)
-    await _upsert(conn, devices, ("study_id", "mode", "inventory_id"), device_rows)
+    _upsert(conn, study_modes, ("study_id", "mode"), mode_rows)
+    _upsert(conn, subjects, ("study_id", "mode", "subject_id"), subject_rows)
+    _upsert(conn, devices, ("study_id", "mode", "inventory_id"), device_rows)
 
 
-async def _upsert(conn: AsyncConnection, table: Table, key: tuple[str, ...], rows: list[dict[str, Any]]) -> None:
+def _upsert(conn: Connection, table: Table, key: tuple[str, ...], rows: list[dict[str, Any]]) -> None:
     """Portable upsert: the rows whose key exists are updated, the others inserted, each in one batch."""
     if not rows:
         return
-    existing = {tuple(row) for row in await conn.execute(select(*(table.c[name] for name in key)))}
+    existing = {tuple(row) for row in conn.execute(select(*(table.c[name] for name in key)))}
     fresh = [row for row in rows if tuple(row[name] for name in key) not in existing]
     stale = [row for row in rows if tuple(row[name] for name in key) in existing]
     if fresh:
-        await conn.execute(insert(table), fresh)
+        conn.execute(insert(table), fresh)
     for row in stale:
-        await conn.execute(
+        conn.execute(
             update(table)
             .where(*(table.c[name] == row[name] for name in key))
             .values({name: value for name, value in row.items() if name not in key})
         )
 
 
-async def _check_references(conn: AsyncConnection, registry: Registry) -> None:
+def _check_references(conn: Connection, registry: Registry) -> None:
     known_modes: set[tuple[Any, ...]] = set(registry.study_modes())
     known_subjects: set[tuple[Any, ...]] = set(registry.subject_keys())
     for index, subject in enumerate(registry.subjects):
-        if not await _known(conn, known_modes, study_modes, study_id=subject.study_id, mode=subject.mode):
+        if not _known(conn, known_modes, study_modes, study_id=subject.study_id, mode=subject.mode):
             raise RegistryError(
                 f"subjects[{index}] (id {subject.id}).studyId: study {subject.study_id} "
                 f"has no mode {subject.mode.value} in the file or the store"
             )
     for index, device in enumerate(registry.devices):
         where = f"devices[{index}] (inventoryId {device.inventory_id})"
-        if not await _known(conn, known_modes, study_modes, study_id=device.study_id, mode=device.mode):
+        if not _known(conn, known_modes, study_modes, study_id=device.study_id, mode=device.mode):
             raise RegistryError(
                 f"{where}.studyId: study {device.study_id} has no mode {device.mode.value} in the file or the store"
             )
-        if device.dispensed_to is not None and not await _known(
+        if device.dispensed_to is not None and not _known(
             conn, known_subjects, subjects, study_id=device.study_id, mode=device.mode, subject_id=device.dispensed_to
         ):
             raise RegistryError(
@@ -327,13 +327,13 @@ async def _check_references(conn: AsyncConnection, registry: Registry) -> None:
             )
 
 
-async def _known(conn: AsyncConnection, known: set[tuple[Any, ...]], table: Table, **key: Any) -> bool:
+def _known(conn: Connection, known: set[tuple[Any, ...]], table: Table, **key: Any) -> bool:
     """Is this key (columns in the order given) in the file's `known` keys or in `table`?"""
     values = tuple(key.values())
     if values in known:
         return True
     query = select(*table.primary_key.columns).where(*(table.c[name] == value for name, value in key.items()))
-    found = (await conn.execute(query)).first() is not None
+    found = (conn.execute(query)).first() is not None
     if found:
         known.add(values)
     return found
