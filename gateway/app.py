@@ -31,6 +31,7 @@ from gateway.auth import AuthenticationMiddleware, open_authenticator
 from gateway.callers import caller_of
 from gateway.domain import Backend, utc_now
 from gateway.engine import tables
+from gateway.engine.codes import KdfPool
 from gateway.engine.engine import CredentialEngine
 from gateway.hardening import BodySizeLimitMiddleware
 from gateway.rate_limits import RateLimiter
@@ -120,6 +121,7 @@ async def open_backend(settings: Settings, store: Store, resources: AsyncExitSta
         otp_ttl=timedelta(seconds=settings.otp_ttl_seconds),
         kdf_cost=settings.kdf_cost,
         lockout_after=settings.bootstrap_lockout_attempts,
+        kdf=KdfPool(settings.kdf_workers),
     )
 
 

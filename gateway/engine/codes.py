@@ -1,9 +1,9 @@
 """Making and checking credentials: the alphabet, the draw, and the OTP's salted scrypt hash.
 
 Hashing is deliberately slow. On the event loop it runs in worker threads, through a `KdfPool`
-(one per app: at most `GATEWAY_KDF_WORKERS` hashes at once, apart from anyio's shared thread
-limit) or `hash_otp_async`/`verify_otp_async` (anyio's default limiter). `hashlib.scrypt`
-releases the GIL while it works, so the loop keeps serving meanwhile (tests/test_kdf_pool.py).
+(one per engine: at most `GATEWAY_KDF_WORKERS` hashes at once, apart from anyio's shared thread
+limit). `hashlib.scrypt` releases the GIL while it works, so the loop keeps serving meanwhile
+(tests/test_kdf_pool.py).
 """
 
 from __future__ import annotations
@@ -62,14 +62,6 @@ def verify_otp(otp: str, encoded: str) -> bool:
     except ValueError:
         return False
     return hmac.compare_digest(candidate, base64.b64decode(digest))
-
-
-async def hash_otp_async(otp: str, cost: int) -> str:
-    return await anyio.to_thread.run_sync(hash_otp, otp, cost)
-
-
-async def verify_otp_async(otp: str, encoded: str) -> bool:
-    return await anyio.to_thread.run_sync(verify_otp, otp, encoded)
 
 
 class KdfPool:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -79,9 +80,11 @@ class CredentialEngine:
         otp_ttl: timedelta = timedelta(hours=24),
         kdf_cost: int = 14,
         lockout_after: int = 10,
+        kdf: codes.KdfPool | None = None,
         clock: Clock = utc_now,
     ) -> None:
         self.store = store
+        self.kdf = kdf or codes.KdfPool(os.cpu_count() or 1)
         self.lockout_after = lockout_after
         self.otp_ttl = otp_ttl
         self.kdf_cost = kdf_cost
@@ -101,7 +104,7 @@ class CredentialEngine:
             await attempt.commit(_refuse(refusal))
 
         otp = codes.new_otp()
-        otp_hash = await codes.hash_otp_async(otp, self.kdf_cost)
+        otp_hash = await self.kdf.hash(otp, self.kdf_cost)
 
         def issue(work: UnitOfWork) -> Credentials:
             facts = tables.facts(work.connection, ref, lock=True)
@@ -133,7 +136,7 @@ class CredentialEngine:
         pair = await self.store.read(lambda conn: tables.find_pair(conn, access_id))
         if pair is None or pair.used_at or pair.locked_at or self.clock() >= pair.expires_at:
             return False
-        return await codes.verify_otp_async(otp, pair.otp_hash)
+        return await self.kdf.verify(otp, pair.otp_hash)
 
     async def bootstrap(self, access_id: str, otp: str, record: Record = _nothing) -> Bootstrap:
         """The device side: spend (access_id, otp) once, counting wrong OTPs toward a lockout.
@@ -144,7 +147,7 @@ class CredentialEngine:
         """
         pair = await self.store.read(lambda conn: tables.find_pair(conn, access_id))
         now = self.clock()
-        matches = pair is not None and await codes.verify_otp_async(otp, pair.otp_hash)
+        matches = pair is not None and await self.kdf.verify(otp, pair.otp_hash)
 
         def settle(work: UnitOfWork) -> Bootstrap:
             result = self._settle(work, pair, matches, now)
