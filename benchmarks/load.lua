@@ -2,8 +2,8 @@
 --   1: file of request bodies, one per line, sent in turn (`-` for none: a bodiless request)
 --   2: text every good response body contains (`-`: any 2xx is good)
 --   3: milliseconds to wait before each request (0: none)
--- The method and headers come from wrk's -H options and the `method` below; `done` prints one
--- line `BENCH-JSON {...}` with the counts and latency percentiles (microseconds).
+-- Requests are POSTs of the bodies (GETs when there are none) with wrk's -H headers; `done` prints
+-- one line `BENCH-JSON {...}` with the counts and latency percentiles (microseconds).
 
 local threads = {}
 local requests = {}
