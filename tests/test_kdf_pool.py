@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 
 import anyio
@@ -124,43 +124,69 @@ async def test_the_pool_hashes_and_verifies_for_real() -> None:
 
 # ---------------------------------------------------------------------------------------------
 # The event loop is not blocked while the pool is saturated (hashlib.scrypt releases the GIL).
+#
+# A loop blocked by the KDF stalls for a whole hash, again and again; a busy shared machine can
+# delay one probe now and then. So the probe runs for up to WINDOWS windows of one hash each and
+# passes at the first window whose worst probe stays under a quarter of a hash: a KDF that held
+# the GIL (or ran on the loop) fails every window.
+
+WINDOWS = 3
 
 
 def one_hash_seconds() -> float:
-    """One hash at HIGH_COST, on this thread: what a stall would look like if the loop ran it."""
+    """One hash at HIGH_COST, on this thread: how long the loop would stall if it ran the KDF."""
     started = time.perf_counter()
     codes.hash_otp(SAMPLE_OTP, HIGH_COST)
     return time.perf_counter() - started
 
 
 @asynccontextmanager
-async def saturated(pool: KdfPool, hash_once: Callable[[], Coroutine[object, object, object]]) -> AsyncIterator[None]:
-    """`pool` full for the body's duration: twice its workers in hashes (`hash_once`), the rest queued."""
+async def saturated(pool: KdfPool, hash_once: Callable[[], Awaitable[object]]) -> AsyncIterator[None]:
+    """`pool` kept full for the body's duration: twice its workers keep hashing, the rest queue."""
+    stop = False
+
+    async def keep_hashing() -> None:
+        while not stop:
+            await hash_once()
+
     async with anyio.create_task_group() as tasks:
-        for _ in range(2 * pool.workers + 1):
-            tasks.start_soon(hash_once)
+        for _ in range(2 * pool.workers):
+            tasks.start_soon(keep_hashing)
         with anyio.fail_after(10):
             while pool.busy < pool.workers:  # noqa: ASYNC110 (the pool offers no event)
                 await anyio.sleep(0.005)
         yield
-        assert pool.busy == pool.workers  # still saturated at the end of the body
+        assert pool.busy == pool.workers  # still saturated at the end
+        stop = True
+
+
+async def worst_per_window(probe: Callable[[], Awaitable[object]], window: float, bound: float) -> list[float]:
+    """The slowest `probe` of each window of `window` seconds, until one stays under `bound`."""
+    worst: list[float] = []
+    for _ in range(WINDOWS):
+        slowest, probes = 0.0, 0
+        deadline = time.perf_counter() + window
+        while time.perf_counter() < deadline or probes < 5:
+            started = time.perf_counter()
+            await probe()
+            slowest = max(slowest, time.perf_counter() - started)
+            probes += 1
+        worst.append(slowest)
+        if slowest < bound:
+            break
+    return worst
+
+
+def report(worst: list[float], hash_seconds: float) -> str:
+    return f"slowest probe per window {[round(w * 1000) for w in worst]} ms; one hash {hash_seconds * 1000:.0f} ms"
 
 
 async def test_the_loop_keeps_turning_while_the_pool_is_saturated() -> None:
     hash_seconds = one_hash_seconds()
     pool = KdfPool(2)
-    gaps: list[float] = []
     async with saturated(pool, lambda: pool.hash(SAMPLE_OTP, HIGH_COST)):
-        deadline = time.perf_counter() + hash_seconds
-        while time.perf_counter() < deadline:
-            started = time.perf_counter()
-            await anyio.sleep(0.001)
-            gaps.append(time.perf_counter() - started)
-    assert len(gaps) > 10
-    worst = max(gaps)
-    assert worst < hash_seconds / 4, (
-        f"the loop stalled {worst * 1000:.0f} ms; one hash takes {hash_seconds * 1000:.0f} ms"
-    )
+        worst = await worst_per_window(lambda: anyio.sleep(0.001), hash_seconds, hash_seconds / 4)
+    assert worst[-1] < hash_seconds / 4, report(worst, hash_seconds)
 
 
 async def test_healthz_answers_while_the_pool_is_saturated() -> None:
@@ -173,22 +199,18 @@ async def test_healthz_answers_while_the_pool_is_saturated() -> None:
     async def hash_route(request: Request) -> JSONResponse:
         return JSONResponse({"hash": await pool.hash(SAMPLE_OTP, HIGH_COST)})
 
+    async def get_healthz() -> None:
+        assert (await http.get("/healthz")).text == "ok"
+
     app = Starlette(routes=[Route("/healthz", healthz), Route("/hash", hash_route, methods=["POST"])])
     hash_seconds = one_hash_seconds()
-    latencies: list[float] = []
     async with (
         run_server(app) as url,
         httpx.AsyncClient(base_url=url, timeout=60) as http,
         saturated(pool, lambda: http.post("/hash")),
     ):
-        deadline = time.perf_counter() + hash_seconds
-        while time.perf_counter() < deadline:
-            started = time.perf_counter()
-            assert (await http.get("/healthz")).text == "ok"
-            latencies.append(time.perf_counter() - started)
-    assert len(latencies) > 5
-    worst = max(latencies)
-    assert worst < hash_seconds / 4, f"/healthz took {worst * 1000:.0f} ms; one hash takes {hash_seconds * 1000:.0f} ms"
+        worst = await worst_per_window(get_healthz, hash_seconds, hash_seconds / 4)
+    assert worst[-1] < hash_seconds / 4, report(worst, hash_seconds)
 
 
 # ---------------------------------------------------------------------------------------------
