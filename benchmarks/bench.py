@@ -123,7 +123,7 @@ class Bench:
 
     def __init__(self, options: Options, stack: ExitStack, workdir: Path) -> None:
         self.options, self.stack, self.workdir = options, stack, workdir
-        self.result = RunResult(kdf_threads=kdf.pool_size())
+        self.result = RunResult()
         self.wrk = Wrk(ensure_package("wrk", "wrk"))
         self.context = {"hs256_secret": secrets.token_urlsafe(32)}
         self.unavailable: dict[Need, tuple[Status, str]] = {}
@@ -262,7 +262,8 @@ class Bench:
         print(f"  round {number + 1}/{self.options.rounds}: #{live.scenario.key} {live.scenario.title}", flush=True)
         seconds = self.options.seconds
         if live.scenario.kdf_reference:
-            self.result.kdf_hashes_per_s.append(kdf.measure_pinned(self.result.kdf_threads, min(seconds, 5)))
+            self.result.kdf_threads, rate = kdf.measure_pinned(min(seconds, 5))
+            self.result.kdf_hashes_per_s.append(rate)
         before = live.server.cpu_snapshot()
         if live.side is None:
             sample = self.wrk.measure(live.load, seconds)
