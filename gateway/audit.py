@@ -25,8 +25,9 @@ import json
 import logging
 from collections.abc import AsyncGenerator, Sequence
 from contextlib import aclosing
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, fields, replace
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import BigInteger, Column, Connection, Integer, String, Table, event, insert, select, update
 
@@ -127,13 +128,21 @@ class AuditRecord(AuditEvent):
     hash: str = GENESIS
 
     def to_json(self) -> dict[str, object]:
-        data = asdict(self)
+        data = dict(vars(self))
         data["at"] = self.at.isoformat()
         return data
 
 
+_EVENT_FIELDS = tuple(field.name for field in fields(AuditEvent))
+
+
+def _fields(event: AuditEvent) -> dict[str, Any]:
+    """The event's own fields (of a record too), flat: `asdict` would deep-copy every value."""
+    return {name: getattr(event, name) for name in _EVENT_FIELDS}
+
+
 def link_hash(prev_hash: str, seq: int, event: AuditEvent) -> str:
-    body = asdict(event)
+    body = _fields(event)
     body["at"] = event.at.isoformat()
     body["seq"] = seq
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
@@ -164,7 +173,7 @@ class AuditTrail:
             assert isinstance(item, Receipt)
             seq += 1
             digest = link_hash(prev_hash, seq, item.event)
-            rows.append({**asdict(item.event), "seq": seq, "prev_hash": prev_hash, "hash": digest})
+            rows.append({**_fields(item.event), "seq": seq, "prev_hash": prev_hash, "hash": digest})
             item.seq, prev_hash = seq, digest
         connection.execute(insert(audit_events), rows)
         connection.execute(update(audit_head).where(audit_head.c.id == 1).values(seq=seq, hash=prev_hash))
@@ -185,7 +194,7 @@ class AuditTrail:
                     return record.seq, f"row {expected_seq} is missing (found {record.seq})"
                 if record.prev_hash != prev_hash:
                     return record.seq, "does not link to the row before it"
-                event = AuditEvent(**{k: v for k, v in asdict(record).items() if k not in {"seq", "prev_hash", "hash"}})
+                event = AuditEvent(**_fields(record))
                 if link_hash(prev_hash, record.seq, event) != record.hash:
                     return record.seq, "its contents do not match its hash"
                 prev_hash, expected_seq = record.hash, expected_seq + 1

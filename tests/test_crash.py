@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -114,8 +113,8 @@ async def serving(env: dict[str, str]) -> AsyncIterator[tuple[Process, str]]:
                         await anyio.sleep(0.05)
         yield process, base
     finally:
-        if process.returncode is None:
-            os.kill(process.pid, signal.SIGKILL)
+        with suppress(ProcessLookupError):  # killed by the test already
+            process.kill()
         with anyio.fail_after(10):
             await process.wait()
 
@@ -160,7 +159,7 @@ async def test_sigkill_during_regenerations_loses_no_audit_row(database: Databas
                     tasks.start_soon(keep_regenerating, worker)
                 with anyio.fail_after(60):
                     await enough.wait()
-                os.kill(process.pid, signal.SIGKILL)
+                process.kill()  # SIGKILL
     assert len(received) >= KILL_AFTER
     assert len(cut_off) >= 100, f"only {len(cut_off)} regenerations were in flight at the kill"
 
@@ -222,7 +221,7 @@ async def test_sigkill_during_an_upstream_call_leaves_an_attempt_of_unknown_outc
             tasks.start_soon(regenerate)
             with anyio.fail_after(10):
                 await called.wait()
-            os.kill(process.pid, signal.SIGKILL)
+            process.kill()  # SIGKILL
         upstream.release.set()
 
         async with serving(env):

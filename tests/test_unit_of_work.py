@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import logging
+import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -15,12 +18,13 @@ from sqlalchemy.exc import OperationalError
 
 from gateway.audit import AuditEvent, AuditTrail, audit_events
 from gateway.domain import Caller, Credentials, ErrorCode, Principal, Refusal, utc_now
+from gateway.engine import tables
 from gateway.engine.engine import CredentialEngine
 from gateway.engine.tables import credentials
 from gateway.rate_limits import Limit, RateLimiter
 from gateway.service import DeviceRequest, Policy, RegenerationService
 from gateway.store import Store, UnitOfWork
-from tests.conftest import READY_DEVICE, STUDY, SUBJECT, Clock
+from tests.conftest import ALL_TABLES, READY_DEVICE, STUDY, SUBJECT, Clock
 
 pytestmark = pytest.mark.anyio
 
@@ -144,3 +148,35 @@ async def test_no_caller_is_answered_before_its_commit(
 
 def _event(outcome: str) -> AuditEvent:
     return AuditEvent(at=utc_now(), action="test", outcome=outcome, request_id="req")
+
+
+async def test_a_read_that_finds_sqlite_busy_waits_in_a_thread_not_on_the_loop(tmp_path: Path) -> None:
+    path = tmp_path / "busy.sqlite3"
+    store = await Store.open(f"sqlite+aiosqlite:///{path}", tables=ALL_TABLES)
+    try:
+        await store.engine.dispose()  # an exclusive lock needs every other connection closed
+        holder = sqlite3.connect(path, check_same_thread=False)
+        holder.execute("PRAGMA locking_mode=EXCLUSIVE")
+        holder.execute("BEGIN EXCLUSIVE")  # in WAL mode an exclusive lock keeps readers out too
+        ticks = 0
+
+        async def tick() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await anyio.sleep(0.01)
+
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(tick)
+            tasks.start_soon(anyio.to_thread.run_sync, _release_later, holder)
+            assert await store.read(tables.is_empty)
+            tasks.cancel_scope.cancel()
+        assert ticks >= 10, "the event loop waited for the lock"
+    finally:
+        await store.close()
+
+
+def _release_later(holder: sqlite3.Connection) -> None:
+    time.sleep(0.3)
+    holder.rollback()
+    holder.close()
