@@ -532,7 +532,7 @@ async def _refuse(error: AuthenticationError, send: Send) -> None:
 class AuthenticationMiddleware:
     """Bearer authentication in front of every route but the public ones.
 
-    The authenticator is the one the lifespan put on `app.state.authenticator`. With
+    The authenticator is the one the lifespan put in the app's state (`gateway.state.AppState`). With
     `enabled=False` (GATEWAY_INSECURE_DISABLE_AUTH) requests pass with no principal.
     """
 
@@ -545,7 +545,7 @@ class AuthenticationMiddleware:
         if scope["type"] not in {"http", "websocket"} or not self.enabled or is_public(scope, self.public_paths):
             await self.app(scope, receive, send)
             return
-        authenticator: Authenticator = scope["app"].state.authenticator  # fails closed when missing
+        authenticator: Authenticator = scope["state"]["authenticator"]  # fails closed when missing
         try:
             principal = await authenticator.authenticate(Headers(scope=scope).get("authorization"))
         except AuthenticationError as error:

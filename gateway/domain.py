@@ -281,11 +281,23 @@ class Attempt(Protocol):
         """Commit the attempt as under way, before a call whose outcome is recorded after it."""
 
 
+@dataclass(frozen=True)
+class Readiness:
+    """Whether a backend can serve a regeneration now, and what it says about itself (for `/readyz`)."""
+
+    ready: bool
+    details: Mapping[str, object] = field(default_factory=dict)
+
+
 class Backend(Protocol):
     """The one seam: the local credential engine and the upstream client both implement it."""
 
     name: str
     """`local` or `upstream`."""
+
+    async def readiness(self) -> Readiness:
+        """Can this backend serve now (the store answers; the upstream's breaker is not open)?"""
+        ...
 
     async def regenerate(self, ref: DeviceRef, caller: Caller, attempt: Attempt) -> Credentials:
         """New credentials for the device, or raise `Refusal`; `attempt.commit` is called before

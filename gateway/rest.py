@@ -15,7 +15,8 @@ from starlette.routing import Route
 
 from gateway.callers import caller_of
 from gateway.domain import Refusal
-from gateway.service import DeviceRequest, RegenerationService
+from gateway.regeneration import DeviceRequest
+from gateway.state import state_of
 
 ACCESS_CODE_PATH = (
     "/ec-ors-svc/rest/v1.0/studies/{studyId}/{mode}/subjects/{subjectId}/devices/{inventoryId}/access-code"
@@ -63,7 +64,7 @@ def _request(request: Request) -> DeviceRequest:
 
 
 async def regenerate_access_code(request: Request) -> JSONResponse:
-    service: RegenerationService = request.app.state.service
+    service = state_of(request)["service"]
     try:
         credentials = await service.regenerate(_request(request), caller_of(request))
     except Refusal as refusal:

@@ -156,11 +156,11 @@ class Settings:
     kdf_cost: int = 14
     """log2 of scrypt's N for OTP hashes (14: 16 MiB and some tens of milliseconds per hash)."""
     kdf_workers: int = field(default_factory=lambda: _usable_cpus(64))
-    """Worker threads for OTP hashing (gateway/engine/codes.py `KdfPool`): hashes at once, the rest wait."""
+    """Worker threads for OTP hashing (gateway/engine/otp.py `KdfPool`): hashes at once, the rest wait."""
     demo_data: bool = True
     """`gateway serve` loads the demo registry into an empty local store."""
     log_level: str = "info"
-    # Abuse limits (gateway/limits.py, gateway/engine/rules.py); kept in the store, so shared by replicas.
+    # Abuse limits (gateway/rate_limits.py, gateway/engine/engine.py); kept in the store, so shared by replicas.
     rate_limit_device: int = 5
     """Regenerations of one device per window (0: no limit)."""
     rate_limit_caller: int = 60
@@ -199,7 +199,7 @@ class Settings:
     upstream_client_id: str = ""
     upstream_client_secret: str = field(default="", repr=False)
     upstream_scope: str = ""
-    # Authentication (gateway/auth.py) and GraphQL hardening (gateway/hardening.py, gateway/api/).
+    # Authentication (gateway/auth.py) and GraphQL limits (gateway/api/guards.py, gateway/http.py).
     auth_jwks_url: str = ""
     """The identity provider's JWKS: tokens are checked against its keys, chosen by `kid`."""
     auth_hs256_secret: str = field(default="", repr=False)

@@ -27,7 +27,7 @@ from gateway.domain import DEVICE_ACTIONS_POST, DeviceRef, ErrorCode, StudyMode
 from gateway.engine.engine import CredentialEngine
 from gateway.engine.registry import DEMO_REGISTRY, load_registry
 from gateway.engine.tables import seed
-from gateway.service import DeviceRequest
+from gateway.regeneration import DeviceRequest
 from gateway.settings import Settings
 from gateway.store import Store
 from tests.utils import run_server

@@ -1,7 +1,7 @@
 """A pytest plugin that watches the whole test run for leaked OTPs.
 
 Every OTP the credential engine draws during the run is recorded (by wrapping
-`gateway.engine.codes.new_otp`), every log record of the run is kept as formatted text (the
+`gateway.engine.otp.new_otp`), every log record of the run is kept as formatted text (the
 gateway's loggers at DEBUG, tracebacks included), and at the end no recorded OTP may appear in
 those lines or in any SQLite file the tests left behind. A leak fails the run.
 """
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.engine import codes
+from gateway.engine import otp
 
 ISSUED: set[str] = set()
 LINES: list[str] = []
@@ -25,14 +25,14 @@ class _Keep(logging.Handler):
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    draw = codes.new_otp
+    draw = otp.new_otp
 
     def recording_new_otp() -> str:
         otp = draw()
         ISSUED.add(otp)
         return otp
 
-    codes.new_otp = recording_new_otp
+    otp.new_otp = recording_new_otp
     handler = _Keep(level=logging.DEBUG)
     handler.setFormatter(logging.Formatter("%(name)s %(levelname)s %(message)s"))
     logging.getLogger().addHandler(handler)

@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from gateway.domain import DEVICE_ACTIONS_POST, Attempt, Caller, Credentials, DeviceRef
+from gateway.domain import DEVICE_ACTIONS_POST, Attempt, Caller, Credentials, DeviceRef, Readiness
 from gateway.settings import Settings
 from tests.conftest import STUDY, TEST_HS256_SECRET, TEST_KDF_COST
 
@@ -116,6 +116,10 @@ class RecordingBackend:
 
     def __init__(self) -> None:
         self.callers: list[Caller] = []
+
+    async def readiness(self) -> Readiness:
+
+        return Readiness(True)
 
     async def regenerate(self, ref: DeviceRef, caller: Caller, attempt: Attempt) -> Credentials:
         self.callers.append(caller)

@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from gateway.app import create_app
-from gateway.domain import CAUSES, Attempt, Backend, Caller, Credentials, DeviceRef, ErrorCode
+from gateway.domain import CAUSES, Attempt, Backend, Caller, Credentials, DeviceRef, ErrorCode, Readiness
 from gateway.engine.tables import credentials
 from gateway.settings import Settings
 from tests.conftest import DEMO_REFUSALS, READY_DEVICE, SUBJECT, bearer, regenerate, rest_path
@@ -178,6 +178,10 @@ class ExplodingBackend:
     """A backend with a bug in it: the GraphQL face must mask what it raises."""
 
     name = "local"
+
+    async def readiness(self) -> Readiness:
+
+        return Readiness(True)
 
     async def regenerate(self, ref: DeviceRef, caller: Caller, attempt: Attempt) -> Credentials:
         raise RuntimeError("secret internals: /srv/db password=hunter2")

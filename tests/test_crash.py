@@ -24,7 +24,7 @@ from anyio.abc import Process
 from sqlalchemy import select
 
 from gateway.audit import OUTCOME_UNKNOWN, PENDING, AuditTrail, audit_events
-from gateway.engine import codes
+from gateway.engine import otp
 from gateway.engine.tables import credentials
 from gateway.store import Store
 from tests.conftest import Database
@@ -189,7 +189,7 @@ async def test_sigkill_during_regenerations_loses_no_audit_row(database: Databas
         assert len(working) <= 1
         for pair in working:
             assert current is not None
-            assert codes.verify_otp(pair["otp"], current.otp_hash)
+            assert otp.verify_otp(pair["otp"], current.otp_hash)
     assert verified[1] is None, verified
     checked = gateway("audit", "verify", env=env)
     assert checked.returncode == 0, checked.stderr

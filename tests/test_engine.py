@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import func, select
 
 from gateway.domain import Caller, Credentials, DeviceRef, ErrorCode, Refusal
-from gateway.engine import codes
+from gateway.engine import otp
 from gateway.engine.engine import BootstrapOutcome, CredentialEngine
 from gateway.engine.tables import credentials
 from gateway.store import Store
@@ -49,10 +49,10 @@ async def test_rules_refuse_in_order(engine: CredentialEngine, overrides: dict[s
 @pytest.mark.parametrize("inventory_id", [READY_DEVICE, "DEMO-CLOUD-READY"])
 async def test_new_pair_has_the_contracts_shape(engine: CredentialEngine, clock: Clock, inventory_id: str) -> None:
     issued = await engine.regenerate(ref_for(inventoryId=inventory_id), CALLER)
-    assert len(issued.access_id) == codes.ACCESS_ID_LENGTH
-    assert len(issued.otp) == codes.OTP_LENGTH
-    assert set(issued.access_id + issued.otp) <= set(codes.ALPHABET)
-    assert not set("0O1IL") & set(codes.ALPHABET)
+    assert len(issued.access_id) == otp.ACCESS_ID_LENGTH
+    assert len(issued.otp) == otp.OTP_LENGTH
+    assert set(issued.access_id + issued.otp) <= set(otp.ALPHABET)
+    assert not set("0O1IL") & set(otp.ALPHABET)
     assert issued.expires_at == clock.now + timedelta(hours=24)
     assert len(issued.device_id) == 32
     assert issued.otp not in repr(issued)

@@ -23,7 +23,7 @@ from starlette.routing import Route
 
 from gateway.api.documents import CACHEABLE_TOKENS
 from gateway.api.schema import MASKED_MESSAGE, GatewaySchema
-from gateway.api.view import HardenedGraphQLView
+from gateway.api.view import GraphQLView
 from gateway.app import create_app
 from gateway.domain import Credentials
 from tests.conftest import REGENERATE, bearer, device_input
@@ -41,7 +41,7 @@ def schema_of(app: Starlette) -> GatewaySchema:
     for route in app.routes:
         if isinstance(route, Route) and route.path == "/graphql":
             view = route.endpoint
-            assert isinstance(view, HardenedGraphQLView)
+            assert isinstance(view, GraphQLView)
             assert isinstance(view.schema, GatewaySchema)
             return view.schema
     raise AssertionError("no /graphql route")

@@ -18,9 +18,10 @@ import pytest
 from graphql import parse, validate
 from starlette.types import Message, Receive, Scope, Send
 
+from gateway.api.guards import TrustedDocuments, document_hash, without_suggestions
 from gateway.api.schema import schema as default_schema
 from gateway.app import create_app
-from gateway.hardening import BodySizeLimitMiddleware, TrustedDocuments, document_hash, without_suggestions
+from gateway.http import BodySizeLimitMiddleware
 from gateway.settings import SettingsError
 from tests.conftest import REGENERATE, bearer, device_input, rest_path
 from tests.security import RecordingBackend, sqlite_settings

@@ -10,10 +10,10 @@ import pytest
 from sqlalchemy import delete, func, select, update
 
 from gateway.audit import AuditTrail, audit_events
-from gateway.domain import Attempt, Caller, Credentials, DeviceRef, ErrorCode, Principal, Refusal
+from gateway.domain import Attempt, Caller, Credentials, DeviceRef, ErrorCode, Principal, Readiness, Refusal
 from gateway.engine.engine import CredentialEngine
 from gateway.rate_limits import Limit, RateLimiter
-from gateway.service import DeviceRequest, Policy, RegenerationService
+from gateway.regeneration import DeviceRequest, Policy, RegenerationService
 from gateway.settings import Settings
 from gateway.store import Store
 from tests.conftest import READY_DEVICE, STUDY, SUBJECT, Clock
@@ -30,6 +30,10 @@ class CountingBackend:
         self.engine = engine
         self.name = engine.name
         self.calls = 0
+
+    async def readiness(self) -> Readiness:
+
+        return Readiness(True)
 
     async def regenerate(self, ref: DeviceRef, caller: Caller, attempt: Attempt) -> Credentials:
         self.calls += 1
@@ -203,6 +207,10 @@ async def test_one_audit_row_per_attempt_whatever_the_outcome(
 async def test_an_unrecognised_upstream_error_is_audited(store: Store, clock: Clock) -> None:
     class Unrecognised:
         name = "upstream"
+
+        async def readiness(self) -> Readiness:
+
+            return Readiness(True)
 
         async def regenerate(self, ref: DeviceRef, caller: Caller, attempt: Attempt) -> Credentials:
             raise Refusal(ErrorCode.UNRECOGNIZED_UPSTREAM_ERROR, upstream_status=418, upstream_code="TEAPOT")

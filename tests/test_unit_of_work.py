@@ -22,7 +22,7 @@ from gateway.engine import tables
 from gateway.engine.engine import CredentialEngine
 from gateway.engine.tables import credentials
 from gateway.rate_limits import Limit, RateLimiter
-from gateway.service import DeviceRequest, Policy, RegenerationService
+from gateway.regeneration import DeviceRequest, Policy, RegenerationService
 from gateway.store import Store, UnitOfWork
 from tests.conftest import ALL_TABLES, READY_DEVICE, STUDY, SUBJECT, Clock
 

@@ -21,10 +21,11 @@ from typing import Any, cast
 import httpx
 import pytest
 
+import gateway.app as app_module
 from gateway.api.types import ERROR_TYPES
 from gateway.app import create_app
-from gateway.domain import CAUSES, DeviceRef, ErrorCode, InvalidInput, StudyMode
-from gateway.engine import codes
+from gateway.domain import CAUSES, Backend, DeviceRef, ErrorCode, InvalidInput, StudyMode
+from gateway.engine import otp
 from gateway.engine.registry import DEMO_REGISTRY, load_registry
 from gateway.engine.tables import seed
 from gateway.settings import Settings
@@ -181,8 +182,8 @@ async def test_success_delivers_the_pair_the_engine_issued(
     result = await regenerate(served.client, **overrides)
     assert result["__typename"] == "BootstrapCredentials"
     assert result["id"] == instance
-    assert len(result["accessId"]) == codes.ACCESS_ID_LENGTH
-    assert len(result["otp"]) == codes.OTP_LENGTH
+    assert len(result["accessId"]) == otp.ACCESS_ID_LENGTH
+    assert len(result["otp"]) == otp.OTP_LENGTH
     # The upstream does not say when the OTP expires; the local engine does.
     assert (result["expiresAt"] is None) == (served.backend == "upstream")
     # The pair handed back is the device's current one in the engine's store.
@@ -192,7 +193,7 @@ async def test_success_delivers_the_pair_the_engine_issued(
             "SELECT access_id, otp_hash FROM credentials WHERE inventory_id = ?", (inventory_id,)
         ).fetchone()
     assert row[0] == result["accessId"]
-    assert codes.verify_otp(result["otp"], row[1])
+    assert otp.verify_otp(result["otp"], row[1])
 
 
 async def test_both_backends_answer_alike_side_by_side(deployments: dict[str, Served]) -> None:
@@ -299,10 +300,17 @@ async def test_readyz(served: Served) -> None:
         assert body["circuit"] == "closed"
 
 
-async def test_the_lifespan_closes_the_upstream_client(tmp_path: Path) -> None:
+async def test_the_lifespan_closes_the_upstream_client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    opened: list[Backend] = []
+    open_backend = app_module.open_backend
+
+    async def recording(*args: Any) -> Backend:
+        opened.append(await open_backend(*args))
+        return opened[-1]
+
+    monkeypatch.setattr(app_module, "open_backend", recording)
     async with serve_gateway("upstream", tmp_path) as served:
         await regenerate(served.client)
-        client = served.front.state.backend
-        assert isinstance(client, UpstreamClient)
+        [client] = [backend for backend in opened if isinstance(backend, UpstreamClient)]
         assert not client.http.is_closed
     assert client.http.is_closed

@@ -11,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.app import create_app
-from gateway.domain import Caller, ErrorCode, Refusal
+from gateway.domain import Caller, ErrorCode, Readiness, Refusal
 from gateway.upstream import UpstreamClient
 from gateway.upstream.resilience import BreakerState, CircuitBreaker, ConnectRetry, Outcome
 from tests.conftest import READY_REF
@@ -112,7 +112,7 @@ async def test_the_breaker_opens_fails_fast_without_the_upstream_and_recovers() 
             for _ in range(3):
                 assert await outcome(client) is ErrorCode.UPSTREAM_UNAVAILABLE
             assert len(upstream.seen) == 3
-            assert client.readiness()["circuit"] == "open"
+            assert (await client.readiness()).details["circuit"] == "open"
 
             # Open: refused at once, the upstream untouched.
             with anyio.fail_after(0.5):
@@ -123,15 +123,11 @@ async def test_the_breaker_opens_fails_fast_without_the_upstream_and_recovers() 
             # After the pause, one trial call; the upstream has recovered, so the breaker closes.
             upstream.handler = OK
             clock.advance(30)
-            assert client.readiness()["circuit"] == "half-open"
+            assert (await client.readiness()).details["circuit"] == "half-open"
             assert await outcome(client) is None
-            assert client.readiness() == {
-                "ready": True,
-                "circuit": "closed",
-                "consecutiveFailures": 0,
-                "inFlight": 0,
-                "waiting": 0,
-            }
+            assert await client.readiness() == Readiness(
+                True, {"circuit": "closed", "consecutiveFailures": 0, "inFlight": 0, "waiting": 0}
+            )
             assert await outcome(client) is None
             assert len(upstream.seen) == 5
 
@@ -146,7 +142,7 @@ async def test_refusals_the_upstream_meant_do_not_open_the_breaker() -> None:
             assert await outcome(client) is ErrorCode.INVALID_DEVICE
         upstream.handler = answer(429, None, {"Retry-After": "1"})
         assert await outcome(client) is ErrorCode.RATE_LIMITED
-        assert client.readiness()["circuit"] == "closed"
+        assert (await client.readiness()).details["circuit"] == "closed"
     assert len(upstream.seen) == 6
 
 
@@ -158,10 +154,10 @@ async def test_timeouts_and_refused_connections_count_as_failures() -> None:
         async with upstream_client(url, **options) as client:
             assert await outcome(client) is ErrorCode.UPSTREAM_UNAVAILABLE
             assert await outcome(client) is ErrorCode.UPSTREAM_UNAVAILABLE
-            assert client.readiness()["circuit"] == "open"
+            assert (await client.readiness()).details["circuit"] == "open"
     async with upstream_client(url, sleep=SleepRecorder(), upstream_breaker_failure_threshold=1) as client:
         assert await outcome(client) is ErrorCode.UPSTREAM_UNAVAILABLE  # the server is gone: refused
-        assert client.readiness()["circuit"] == "open"
+        assert (await client.readiness()).details["circuit"] == "open"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -183,13 +179,13 @@ async def test_excess_calls_wait_up_to_the_bound_then_are_refused_unsent() -> No
             with anyio.fail_after(5):
                 while not upstream.seen:  # noqa: ASYNC110 (the scripted server records; it has no event)
                     await anyio.sleep(0.01)
-            assert client.readiness()["inFlight"] == 1
+            assert (await client.readiness()).details["inFlight"] == 1
             with anyio.fail_after(1):
                 assert await outcome(client) is ErrorCode.UPSTREAM_UNAVAILABLE
             assert len(upstream.seen) == 1
             upstream.release.set()
         assert results == [None]
-        assert client.readiness()["circuit"] == "closed"  # a full queue is not the upstream's failure
+        assert (await client.readiness()).details["circuit"] == "closed"  # a full queue is not the upstream's failure
 
 
 async def test_waiting_calls_get_their_turn_and_never_exceed_the_limit() -> None:

@@ -3,17 +3,18 @@
 - `POST /graphql` (scenario 1): reads the same JSON body the gateway gets, draws a pair with
   `secrets` and answers the shape of the gateway's success. No GraphQL, no store.
 - `POST /proxy` (scenario 5's baseline): the same body, turned into the upstream's
-  `PUT …/access-code` with httpx (the httpx-aiohttp transport when it is installed) to
-  `BENCH_UPSTREAM_URL`, and the upstream's JSON answered in the same shape.
+  `PUT …/access-code` with httpx over the gateway's own transport (aiohttp's connection pool,
+  `gateway.upstream.transport`) to `BENCH_UPSTREAM_URL`, and the upstream's JSON answered in the
+  same shape: the same transport on both sides, so the difference is the gateway's own work.
 
     BENCH_UPSTREAM_URL=http://127.0.0.1:8081 uvicorn benchmarks.peers.plain:app --port 8000
 """
 
 from __future__ import annotations
 
-import importlib
 import os
 import secrets
+import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -24,25 +25,20 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from gateway.upstream.transport import AiohttpTransport
+
 ACCESS_CODE_PATH = (
     "/ec-ors-svc/rest/v1.0/studies/{studyId}/{mode}/subjects/{subjectId}/devices/{inventoryId}/access-code"
 )
 
 
 def transport_name() -> str:
-    """The transport the proxy route uses: `aiohttp` when httpx-aiohttp is installed, else `default`."""
-    try:
-        importlib.import_module("httpx_aiohttp")
-    except ImportError:
-        return "default"
-    return "aiohttp"
+    """The transport the proxy route uses (the gateway's)."""
+    return "gateway.upstream.transport.AiohttpTransport"
 
 
 def _transport() -> httpx.AsyncBaseTransport:
-    if transport_name() == "aiohttp":
-        transport: httpx.AsyncBaseTransport = importlib.import_module("httpx_aiohttp").AiohttpTransport()
-        return transport
-    return httpx.AsyncHTTPTransport()
+    return AiohttpTransport(verify=ssl.create_default_context(), limits=httpx.Limits(max_connections=64))
 
 
 def _answer(credentials: dict[str, Any]) -> JSONResponse:

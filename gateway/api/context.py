@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from strawberry.types import Info as StrawberryInfo
 
 from gateway.domain import Caller
-from gateway.service import RegenerationService
+from gateway.regeneration import RegenerationService
 from gateway.settings import Settings
 
 

@@ -2,7 +2,7 @@
 
 A request's document is looked up by its text. On a miss it is parsed (the parser enforces the
 token limit) and validated in two steps: first the gateway's guards alone
-(`gateway.hardening.document_guards`: depth, aliases, fan-out, linear in the document; a rule that
+(`gateway.api.guards.document_guards`: depth, aliases, fan-out, linear in the document; a rule that
 needs no visit of the document), then, if they pass, graphql-core's rules (and introspection's
 refusal in production). A document over a limit is thus refused before the costlier rules look
 at it. The verdict, the document or its
@@ -33,7 +33,7 @@ from graphql.validation import ASTValidationContext
 from strawberry.schema.exceptions import CannotGetOperationTypeError
 from strawberry.types.graphql import OperationType
 
-from gateway.hardening import without_suggestions
+from gateway.api.guards import without_suggestions
 
 
 @dataclass(frozen=True, slots=True)

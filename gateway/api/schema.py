@@ -37,6 +37,7 @@ from strawberry.types.graphql import OperationType
 from gateway import __version__
 from gateway.api.context import Context, Info
 from gateway.api.documents import DocumentCache
+from gateway.api.guards import DocumentLimits, GuardWork, document_guards, without_suggestions
 from gateway.api.types import (
     BackendKind,
     BootstrapCredentials,
@@ -46,7 +47,6 @@ from gateway.api.types import (
     render_refusal,
 )
 from gateway.domain import Refusal
-from gateway.hardening import DocumentLimits, GuardWork, document_guards, without_suggestions
 from gateway.settings import Settings
 
 log = logging.getLogger(__name__)

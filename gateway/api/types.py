@@ -15,7 +15,7 @@ import strawberry
 
 from gateway import domain
 from gateway.domain import CAUSES, Credentials, Refusal
-from gateway.service import DeviceRequest
+from gateway.regeneration import DeviceRequest
 
 # The domain's enums are the GraphQL enums: registered here, annotated by their domain names.
 strawberry.enum(

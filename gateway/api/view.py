@@ -5,7 +5,7 @@
 - Mutations only by POST (Strawberry refuses them over GET); no batching (a JSON array is
   refused: the schema has no batching config); no multipart uploads.
 - GraphiQL only outside production; its headers pane starts with an Authorization template.
-- With trusted documents configured, only those documents run (`gateway.hardening.TrustedDocuments`).
+- With trusted documents configured, only those documents run (`gateway.api.guards.TrustedDocuments`).
 - Responses are encoded with orjson.
 """
 
@@ -17,22 +17,26 @@ import json
 import orjson
 from cross_web import AsyncHTTPRequestAdapter, HTTPException
 from starlette.datastructures import Headers
-from starlette.responses import PlainTextResponse
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
 from starlette.types import Receive, Scope, Send
+from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
 from strawberry.http import GraphQLRequestData
 from strawberry.schema import BaseSchema
 
 from gateway.api.context import Context
-from gateway.hardening import TrustedDocuments, UntrustedDocument
+from gateway.api.guards import TrustedDocuments, UntrustedDocument
+from gateway.callers import caller_of
 from gateway.settings import Settings
+from gateway.state import state_of
 
 IDE_HEADERS_TEMPLATE = "{\n  \"Authorization\": \"Bearer paste-the-output-of: gateway token --study '*' --mode '*'\"\n}"
 """What GraphiQL's headers pane holds until the user pastes a token (nothing is persisted yet)."""
 _IDE_ANCHOR = "isHeadersEditorEnabled: true,"
 
 
-class HardenedGraphQLView(GraphQL[Context, None]):
+class GraphQLView(GraphQL[Context, None]):
     def __init__(self, schema: BaseSchema, *, settings: Settings) -> None:
         super().__init__(
             schema,
@@ -49,6 +53,11 @@ class HardenedGraphQLView(GraphQL[Context, None]):
             return orjson.dumps(data)
         except TypeError:
             return json.dumps(data, separators=(",", ":")).encode("utf-8")
+
+    async def get_context(self, request: Request | WebSocket, response: Response | WebSocket) -> Context:
+        """The typed context every resolver receives: the service, the caller and the settings."""
+        state = state_of(request)
+        return Context(service=state["service"], caller=caller_of(request), settings=state["settings"])
 
     @property
     def graphql_ide_html(self) -> str:

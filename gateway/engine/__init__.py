@@ -1,2 +1,2 @@
-"""The local credential engine: rules.py (the service's rules), codes.py (generation and hashing),
-store.py (SQLAlchemy Core over SQLite or PostgreSQL) and registry.py (registry files)."""
+"""The local credential engine: engine.py (the `Backend`), rules.py (the service's rules, pure),
+otp.py (generation and hashing), tables.py (its tables and SQL) and registry.py (registry files)."""

@@ -19,8 +19,9 @@ from datetime import datetime, timedelta
 
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
-from gateway.domain import Attempt, Caller, Clock, Credentials, DeviceRef, ErrorCode, Refusal, utc_now
-from gateway.engine import codes, tables
+from gateway.domain import Attempt, Caller, Clock, Credentials, DeviceRef, ErrorCode, Readiness, Refusal, utc_now
+from gateway.engine import tables
+from gateway.engine.otp import KdfPool, new_access_id, new_otp
 from gateway.engine.rules import judge
 from gateway.engine.tables import StoredPair
 from gateway.store import Store, UnitOfWork
@@ -80,11 +81,11 @@ class CredentialEngine:
         otp_ttl: timedelta = timedelta(hours=24),
         kdf_cost: int = 14,
         lockout_after: int = 10,
-        kdf: codes.KdfPool | None = None,
+        kdf: KdfPool | None = None,
         clock: Clock = utc_now,
     ) -> None:
         self.store = store
-        self.kdf = kdf or codes.KdfPool(os.cpu_count() or 1)
+        self.kdf = kdf or KdfPool(os.cpu_count() or 1)
         self.lockout_after = lockout_after
         self.otp_ttl = otp_ttl
         self.kdf_cost = kdf_cost
@@ -103,7 +104,7 @@ class CredentialEngine:
         if refusal is not None:
             await attempt.commit(_refuse(refusal))
 
-        otp = codes.new_otp()
+        otp = new_otp()
         otp_hash = await self.kdf.hash(otp, self.kdf_cost)
 
         def issue(work: UnitOfWork) -> Credentials:
@@ -112,7 +113,7 @@ class CredentialEngine:
             if refusal is not None:
                 raise Refusal(refusal)
             assert facts.device is not None
-            access_id = codes.new_access_id()
+            access_id = new_access_id()
             issued_at = self.clock()
             expires_at = issued_at + self.otp_ttl
             tables.replace_pair(
@@ -127,6 +128,10 @@ class CredentialEngine:
                 # Another process took this access id at the same moment: nothing was committed; draw again.
                 continue
         raise Refusal(ErrorCode.INTERNAL_SERVER_ERROR)
+
+    async def readiness(self) -> Readiness:
+        reachable = await self.store.ping()
+        return Readiness(reachable, {"store": "reachable" if reachable else "unreachable"})
 
     async def verify(self, access_id: str, otp: str) -> bool:
         """True when (access_id, otp) is a device's current pair, unexpired, unused and unlocked.

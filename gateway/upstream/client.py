@@ -20,7 +20,7 @@ import anyio
 import httpx
 
 from gateway import __version__
-from gateway.domain import Attempt, Caller, Credentials, DeviceRef, InvalidInput, Refusal
+from gateway.domain import Attempt, Caller, Credentials, DeviceRef, InvalidInput, Readiness, Refusal
 from gateway.rest import ACCESS_CODE_PATH
 from gateway.settings import Settings
 from gateway.upstream.auth import ClientCredentialsAuth, ForwardAuth, UpstreamAuth
@@ -180,16 +180,18 @@ class UpstreamClient:
         finally:
             self.breaker.settle(ticket, outcome)
 
-    def readiness(self) -> dict[str, object]:
-        """For /readyz: not ready while the breaker is open."""
+    async def readiness(self) -> Readiness:
+        """Not ready while the breaker is open."""
         state = self.breaker.state
-        return {
-            "ready": state is not BreakerState.OPEN,
-            "circuit": state.value,
-            "consecutiveFailures": self.breaker.consecutive_failures,
-            "inFlight": self.limit.in_flight,
-            "waiting": self.limit.waiting,
-        }
+        return Readiness(
+            state is not BreakerState.OPEN,
+            {
+                "circuit": state.value,
+                "consecutiveFailures": self.breaker.consecutive_failures,
+                "inFlight": self.limit.in_flight,
+                "waiting": self.limit.waiting,
+            },
+        )
 
     async def _exchange(self, path: str, ref: DeviceRef, caller: Caller) -> Credentials:
         authorization = await self.auth.authorize(caller)

@@ -1,7 +1,5 @@
-"""Limits that keep oversized or probing requests away from the gateway's work.
+"""Guards on GraphQL documents, and the trusted documents.
 
-- `BodySizeLimitMiddleware`: every route; a body over `GATEWAY_MAX_BODY_BYTES` gets 413, whether
-  it announces its length or streams.
 - `document_guards`: the GraphQL document limits (depth, aliases, fan-out) as one graphql-core
   validation rule, in time linear in the document: each fragment is measured once, however often
   it is spread. The token limit is the parser's (`max_tokens`); suggestions ("Did you mean …?")
@@ -20,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -39,71 +36,8 @@ from graphql import (
     SelectionSetNode,
 )
 from graphql.validation import ASTValidationContext, ASTValidationRule
-from starlette.datastructures import Headers
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.settings import SettingsError
-
-log = logging.getLogger(__name__)
-
-
-class BodyTooLarge(Exception):
-    """Raised from `receive` when a body grows past the limit."""
-
-
-async def _too_large(send: Send, max_bytes: int) -> None:
-    payload = json.dumps(
-        {"error": "payload_too_large", "error_description": f"request bodies are limited to {max_bytes} bytes"}
-    ).encode("utf-8")
-    # No `Connection: close`: closing with the rest of the body unread makes the client's TCP stack
-    # see a reset, often before it reads the 413; uvicorn reads and drops the rest instead.
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode("ascii"))]
-    await send({"type": "http.response.start", "status": 413, "headers": headers})
-    await send({"type": "http.response.body", "body": payload})
-
-
-class BodySizeLimitMiddleware:
-    """Answer 413 to a body larger than `max_bytes`: at once when Content-Length says so, else as
-    soon as the bytes received pass the limit (the route reading the body never sees the rest)."""
-
-    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = Headers(scope=scope).get("content-length")
-        if declared is not None and (not declared.strip().isdigit() or int(declared) > self.max_bytes):
-            await _too_large(send, self.max_bytes)
-            return
-        received = 0
-        started = False
-
-        async def limited_receive() -> Message:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise BodyTooLarge
-            return message
-
-        async def watched_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
-        try:
-            await self.app(scope, limited_receive, watched_send)
-        except BodyTooLarge:
-            if started:
-                log.warning("a request body passed the limit after the response had started")
-                return
-            await _too_large(send, self.max_bytes)
-
 
 # ---------------------------------------------------------------------------------------------
 # Document guards: depth, aliases and fan-out, each fragment measured once.

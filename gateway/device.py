@@ -16,8 +16,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from gateway.audit import AuditEvent, AuditTrail, clip
-from gateway.engine.engine import Bootstrap, BootstrapOutcome, CredentialEngine
+from gateway.audit import AuditEvent, clip
+from gateway.engine.engine import Bootstrap, BootstrapOutcome
+from gateway.state import state_of
 from gateway.store import UnitOfWork
 
 _CHALLENGE = {"WWW-Authenticate": 'Basic realm="deviceBootstrap", charset="UTF-8"', "Cache-Control": "no-store"}
@@ -40,11 +41,12 @@ def _basic_credentials(header: str | None) -> tuple[str, str] | None:
 
 
 async def device_bootstrap(request: Request) -> JSONResponse:
-    engine: CredentialEngine | None = request.app.state.engine
+    state = state_of(request)
+    engine = state["engine"]
     if engine is None:
         # Upstream mode: devices bootstrap against mHealth itself, not through the gateway.
         return JSONResponse({"error": "Not found"}, 404)
-    audit: AuditTrail = request.app.state.audit
+    audit = state["audit"]
     credentials = _basic_credentials(request.headers.get("authorization"))
     if credentials is None:
         return JSONResponse({"error": "HTTP Basic credentials (accessId:OTP) are required"}, 401, _CHALLENGE)

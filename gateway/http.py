@@ -1,0 +1,105 @@
+"""ASGI middlewares that run before any route: the request id and the body-size limit.
+
+- `RequestIdMiddleware`: every HTTP request gets an id (the caller's `X-Request-ID` when
+  well-formed, else a new one), in `request.state.request_id` and the response's `X-Request-ID`.
+- `BodySizeLimitMiddleware`: every route; a body over `GATEWAY_MAX_BODY_BYTES` gets 413, whether
+  it announces its length or streams.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import uuid
+
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+log = logging.getLogger(__name__)
+
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+class RequestIdMiddleware:
+    """Give every HTTP request an id: the caller's `X-Request-ID` when well-formed, else a new one.
+
+    The id is in `request.state.request_id`, in every log line about the request, and in the
+    response's `X-Request-ID` header.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        incoming = next((value for name, value in scope["headers"] if name == b"x-request-id"), b"").decode("latin-1")
+        request_id = incoming if _REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                MutableHeaders(scope=message)["X-Request-ID"] = request_id
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
+
+
+class BodyTooLarge(Exception):
+    """Raised from `receive` when a body grows past the limit."""
+
+
+async def _too_large(send: Send, max_bytes: int) -> None:
+    payload = json.dumps(
+        {"error": "payload_too_large", "error_description": f"request bodies are limited to {max_bytes} bytes"}
+    ).encode("utf-8")
+    # No `Connection: close`: closing with the rest of the body unread makes the client's TCP stack
+    # see a reset, often before it reads the 413; uvicorn reads and drops the rest instead.
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode("ascii"))]
+    await send({"type": "http.response.start", "status": 413, "headers": headers})
+    await send({"type": "http.response.body", "body": payload})
+
+
+class BodySizeLimitMiddleware:
+    """Answer 413 to a body larger than `max_bytes`: at once when Content-Length says so, else as
+    soon as the bytes received pass the limit (the route reading the body never sees the rest)."""
+
+    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = Headers(scope=scope).get("content-length")
+        if declared is not None and (not declared.strip().isdigit() or int(declared) > self.max_bytes):
+            await _too_large(send, self.max_bytes)
+            return
+        received = 0
+        started = False
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise BodyTooLarge
+            return message
+
+        async def watched_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, watched_send)
+        except BodyTooLarge:
+            if started:
+                log.warning("a request body passed the limit after the response had started")
+                return
+            await _too_large(send, self.max_bytes)

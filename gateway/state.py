@@ -1,0 +1,33 @@
+"""What the lifespan hands every request: the app's resources, typed.
+
+Starlette copies the mapping the lifespan yields into each request's `scope["state"]`; the faces
+read it through `state_of`, never through untyped attributes.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, TypedDict, cast
+
+from starlette.requests import HTTPConnection
+
+if TYPE_CHECKING:
+    from gateway.audit import AuditTrail
+    from gateway.auth import Authenticator
+    from gateway.domain import Backend
+    from gateway.engine.engine import CredentialEngine
+    from gateway.regeneration import RegenerationService
+    from gateway.settings import Settings
+
+
+class AppState(TypedDict):
+    settings: Settings
+    authenticator: Authenticator | None
+    backend: Backend
+    engine: CredentialEngine | None
+    """The local engine when it serves (device bootstrap needs it), else None."""
+    audit: AuditTrail
+    service: RegenerationService
+
+
+def state_of(connection: HTTPConnection) -> AppState:
+    return cast(AppState, connection.scope["state"])
