@@ -13,9 +13,10 @@ from typing import Any
 
 import anyio
 import pytest
-from sqlalchemy import event, func, select
+from sqlalchemy import event, func, inspect, select
 from sqlalchemy.exc import OperationalError
 
+from gateway.app import store_tables
 from gateway.audit import AuditEvent, AuditTrail, audit_events
 from gateway.domain import Caller, Credentials, ErrorCode, Principal, Refusal, utc_now
 from gateway.engine import tables
@@ -23,8 +24,9 @@ from gateway.engine.engine import CredentialEngine
 from gateway.engine.tables import credentials
 from gateway.rate_limits import Limit, RateLimiter
 from gateway.regeneration import DeviceRequest, Policy, RegenerationService
+from gateway.settings import Settings
 from gateway.store import Store, UnitOfWork
-from tests.conftest import ALL_TABLES, READY_DEVICE, STUDY, SUBJECT, Clock
+from tests.conftest import ALL_TABLES, READY_DEVICE, STUDY, SUBJECT, Clock, Database
 
 pytestmark = pytest.mark.anyio
 
@@ -180,3 +182,16 @@ def _release_later(holder: sqlite3.Connection) -> None:
     time.sleep(0.3)
     holder.rollback()
     holder.close()
+
+
+@pytest.mark.parametrize(("backend", "engine_tables"), [("local", True), ("upstream", False)])
+async def test_upstream_mode_creates_no_engine_tables(database: Database, backend: str, engine_tables: bool) -> None:
+    settings = Settings(backend=backend, upstream_url="https://tenant.example")
+    store = await Store.open(database.url, schema=database.schema, tables=store_tables(settings))
+    try:
+        names = set(await store.read(lambda conn: inspect(conn).get_table_names(schema=database.schema or None)))
+    finally:
+        await store.close()
+    assert {"audit_events", "audit_head", "rate_counters"} <= names
+    assert ("credentials" in names) is engine_tables
+    assert ("devices" in names) is engine_tables
