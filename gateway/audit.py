@@ -29,7 +29,7 @@ from dataclasses import dataclass, fields, replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, Column, Connection, Integer, String, Table, event, insert, select, update
+from sqlalchemy import BigInteger, Column, Connection, Integer, String, Table, bindparam, event, insert, select, update
 
 from gateway.store import Store, UnitOfWork, UTCDateTime, metadata
 
@@ -175,8 +175,8 @@ class AuditTrail:
             digest = link_hash(prev_hash, seq, item.event)
             rows.append({**_fields(item.event), "seq": seq, "prev_hash": prev_hash, "hash": digest})
             item.seq, prev_hash = seq, digest
-        connection.execute(insert(audit_events), rows)
-        connection.execute(update(audit_head).where(audit_head.c.id == 1).values(seq=seq, hash=prev_hash))
+        connection.execute(_INSERT, rows)
+        connection.execute(_MOVE_HEAD, {"new_seq": seq, "new_hash": prev_hash})
 
     async def records(self) -> AsyncGenerator[AuditRecord, None]:
         """Every row in chain order, streamed."""
@@ -229,5 +229,8 @@ class AuditTrail:
             return list((await conn.execute(query)).scalars())
 
 
+# Built once: constructing a statement costs more than running it on SQLite.
 _HEAD = select(audit_head.c.seq, audit_head.c.hash).where(audit_head.c.id == 1)
 _LOCK_HEAD = _HEAD.with_for_update()
+_INSERT = insert(audit_events)
+_MOVE_HEAD = update(audit_head).where(audit_head.c.id == 1).values(seq=bindparam("new_seq"), hash=bindparam("new_hash"))

@@ -30,6 +30,11 @@ rate_counters = Table(
 
 TABLES = (rate_counters,)
 
+_PEEK = select(rate_counters.c.key, rate_counters.c.count, rate_counters.c.window_start).where(
+    rate_counters.c.key.in_(bindparam("keys", expanding=True))
+)
+"""Built once: constructing a statement costs more than running it on SQLite."""
+
 
 @dataclass(frozen=True)
 class Limit:
@@ -78,12 +83,9 @@ class RateLimiter:
         if not limits:
             return None
         now = self.clock()
-        query = select(rate_counters.c.key, rate_counters.c.count, rate_counters.c.window_start).where(
-            rate_counters.c.key.in_(limits)
-        )
         waits = [
             _retry_after(limits[key], count + 1, window_start, now)
-            for key, count, window_start in connection.execute(query)
+            for key, count, window_start in connection.execute(_PEEK, {"keys": list(limits)})
             if window_start > now - limits[key].window
         ]
         return max((wait for wait in waits if wait is not None), default=None)

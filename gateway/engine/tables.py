@@ -183,25 +183,37 @@ def replace_pair(
 ) -> None:
     """Make (access_id, otp_hash) the device's only pair, in one upsert. Raises IntegrityError on a taken access id."""
     values = {
+        **_key(ref),
         "access_id": access_id,
         "otp_hash": otp_hash,
         "issued_at": issued_at,
         "expires_at": expires_at,
-        "used_at": None,
-        "failed_attempts": 0,
-        "locked_at": None,
     }
-    insert_ = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
-    stmt = insert_(credentials).values({**_key(ref), **values})
-    conn.execute(
-        stmt.on_conflict_do_update(
-            index_elements=[credentials.c.study_id, credentials.c.mode, credentials.c.inventory_id], set_=values
-        )
+    conn.execute(_REPLACE_PAIR[conn.dialect.name], values)
+
+
+def _replace_pair(insert_: Any) -> Any:
+    fresh = {"used_at": None, "failed_attempts": 0, "locked_at": None}
+    stmt = insert_(credentials).values(
+        **{name: bindparam(name) for name in ("study_id", "mode", "inventory_id", "access_id", "otp_hash")},
+        issued_at=bindparam("issued_at", type_=UTCDateTime),
+        expires_at=bindparam("expires_at", type_=UTCDateTime),
+        **fresh,
+    )
+    replaced = {name: stmt.excluded[name] for name in ("access_id", "otp_hash", "issued_at", "expires_at")}
+    return stmt.on_conflict_do_update(
+        index_elements=[credentials.c.study_id, credentials.c.mode, credentials.c.inventory_id],
+        set_={**replaced, **fresh},
     )
 
 
+# Built once per dialect: constructing a statement costs more than running it on SQLite.
+_REPLACE_PAIR = {"postgresql": _replace_pair(pg_insert), "sqlite": _replace_pair(sqlite_insert)}
+_FIND_PAIR = select(credentials).where(credentials.c.access_id == bindparam("access_id"))
+
+
 def find_pair(conn: Connection, access_id: str) -> StoredPair | None:
-    row = (conn.execute(select(credentials).where(credentials.c.access_id == access_id))).first()
+    row = conn.execute(_FIND_PAIR, {"access_id": access_id}).first()
     return None if row is None else StoredPair(**row._mapping)
 
 
