@@ -14,13 +14,14 @@ from datetime import timedelta
 
 from sqlalchemy import Table
 from starlette.applications import Starlette
+from starlette.middleware.authentication import AuthenticationMiddleware
 from starlette.routing import Route
 
 from gateway import audit, device, health, rate_limits, rest
 from gateway.api.schema import build_schema
 from gateway.api.view import GraphQLView
 from gateway.audit import AuditTrail
-from gateway.auth import AuthenticationMiddleware, open_authenticator
+from gateway.auth import BearerTokenBackend, open_authenticator, refuse
 from gateway.domain import Backend, utc_now
 from gateway.engine import tables
 from gateway.engine.engine import CredentialEngine
@@ -88,7 +89,8 @@ def create_app(settings: Settings, *, backend: Backend | None = None) -> Starlet
     ]
     app = Starlette(routes=routes, lifespan=lifespan)
     # Outermost last: request id, then the body-size limit, then bearer authentication.
-    app.add_middleware(AuthenticationMiddleware, enabled=not settings.insecure_disable_auth)
+    bearer_tokens = BearerTokenBackend(enabled=not settings.insecure_disable_auth)
+    app.add_middleware(AuthenticationMiddleware, backend=bearer_tokens, on_error=refuse)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestIdMiddleware)
     return app

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from starlette.requests import HTTPConnection
 
+from gateway.auth import principal_of
 from gateway.domain import Caller
 
 
 def caller_of(connection: HTTPConnection) -> Caller:
-    """The request's id (set by the request-id middleware), its Authorization header and the
-    principal the authentication middleware found (None when authentication is off)."""
+    """The request's id (set by the request-id middleware), its Authorization header (forwarded
+    upstream in forward mode) and the principal on `request.user` (None when authentication is off)."""
     return Caller(
         request_id=connection.state.request_id,
         authorization=connection.headers.get("authorization"),
-        principal=getattr(connection.state, "principal", None),
+        principal=principal_of(connection),
     )
