@@ -1,8 +1,33 @@
-"""The gateway's vocabulary: value types, the one table of causes, `Refusal` and the `Backend` seam.
+"""The gateway's vocabulary: value types, the one table of causes, the refusals and the `Backend` seam.
 
 Every face reads from here. The GraphQL union members, the REST face's error bodies and the
 upstream client's recognition of error responses all come from `CAUSES`; nothing else spells
 out a cause's status, prose or code.
+
+Every exception class of the gateway, with the module it lives in. A `Refusal` is an answer,
+which every face renders by its type (a union member, an `ORSResponse`); each of the others is
+turned into its HTTP answer or its message at the one edge that raises it.
+
+    Exception
+    ├── Refusal                     domain          a cause as it is: the rule book's, PERMISSION_DENIED,
+    │   │                                           INTERNAL_SERVER_ERROR, or UPSTREAM_UNAVAILABLE that spares
+    │   │                                           the breaker (it is open, or the queue is full)
+    │   ├── InvalidInput            domain          INVALID_INPUT (field, message)
+    │   ├── RateLimited             domain          RATE_LIMITED (retry_after_seconds)
+    │   ├── UnrecognizedUpstream    domain          UNRECOGNIZED_UPSTREAM_ERROR (upstream_status, upstream_code)
+    │   └── UpstreamFailure         domain          UPSTREAM_UNAVAILABLE that counts against the breaker (reason)
+    ├── starlette.authentication.AuthenticationError
+    │   └── AuthenticationError     auth.errors     401 with a WWW-Authenticate challenge
+    │       ├── MissingToken        auth.errors     no Authorization header
+    │       ├── InvalidToken        auth.errors     malformed, forged, expired or meant for another
+    │       └── KeysUnavailable     auth.errors     503: the JWKS could not be fetched
+    ├── BodyTooLarge                http            413: a request body past the limit
+    ├── UntrustedDocument           api.guards      a GraphQL document outside the trusted set
+    ├── ValueError
+    │   ├── SettingsError           settings        a GATEWAY_* variable the gateway cannot use
+    │   └── RegistryError           engine.registry a registry file that breaks a rule
+    └── aiohttp.ClientError
+        └── _MayHaveBeenSent        upstream.transport  a connection lost once the request may have gone out
 """
 
 from __future__ import annotations
@@ -104,28 +129,22 @@ CAUSES: Mapping[ErrorCode, Cause] = _causes(
 )
 
 
+_CARRY_FACTS = frozenset({ErrorCode.INVALID_INPUT, ErrorCode.RATE_LIMITED, ErrorCode.UNRECOGNIZED_UPSTREAM_ERROR})
+"""The causes a face cannot render without their facts: raised only as their own subclass."""
+
+
 class Refusal(Exception):
-    """A backend's expected "no": carries the cause and the few facts some causes add.
+    """A backend's (or the service's) expected "no": one cause of `CAUSES`, which every face renders.
 
     `message` defaults to the cause's documented prose; it never holds a secret or echoes input.
+    A cause that needs facts to be rendered is raised as its subclass, which requires them.
     """
 
-    def __init__(
-        self,
-        code: ErrorCode,
-        message: str | None = None,
-        *,
-        field: str | None = None,
-        retry_after_seconds: int | None = None,
-        upstream_status: int | None = None,
-        upstream_code: str | None = None,
-    ) -> None:
+    def __init__(self, code: ErrorCode, message: str | None = None) -> None:
+        if type(self) is Refusal and code in _CARRY_FACTS:
+            raise TypeError(f"{code.value} is raised as its Refusal subclass, with the facts it carries")
         self.cause = CAUSES[code]
         self.message = message or self.cause.message
-        self.field = field
-        self.retry_after_seconds = retry_after_seconds
-        self.upstream_status = upstream_status
-        self.upstream_code = upstream_code
         super().__init__(f"{code.value}: {self.message}")
 
     @property
@@ -137,7 +156,41 @@ class InvalidInput(Refusal):
     """Malformed input, refused before any backend sees it; names the offending field."""
 
     def __init__(self, field: str, message: str) -> None:
-        super().__init__(ErrorCode.INVALID_INPUT, f"{field}: {message}", field=field)
+        super().__init__(ErrorCode.INVALID_INPUT, f"{field}: {message}")
+        self.field = field
+        """The input field at fault, as the caller named it (`studyId`, …)."""
+
+
+class RateLimited(Refusal):
+    """Too many attempts: here (a rate limit of the service) or upstream (its 429)."""
+
+    def __init__(self, retry_after_seconds: int) -> None:
+        super().__init__(ErrorCode.RATE_LIMITED)
+        self.retry_after_seconds = retry_after_seconds
+        """When to come back, in whole seconds (0: now, as an upstream may say)."""
+
+
+class UnrecognizedUpstream(Refusal):
+    """The upstream answered with an error no documented cause matches: its status and code go to the caller."""
+
+    def __init__(self, upstream_status: int, upstream_code: str | None) -> None:
+        super().__init__(ErrorCode.UNRECOGNIZED_UPSTREAM_ERROR)
+        self.upstream_status = upstream_status
+        self.upstream_code = upstream_code
+        """The upstream's errorCode when it was code-shaped: never a stray piece of body."""
+
+
+class UpstreamFailure(Refusal):
+    """The upstream gave no usable answer: unreachable, timed out, 502/503/504 or an unreadable body.
+
+    Rendered like any `UPSTREAM_UNAVAILABLE`; unlike the answers the upstream meant (a 400, a 429)
+    and the refusals that spare it (an open breaker, a full queue), it counts against the circuit
+    breaker. `reason` is for logs: a fixed phrase, never a body, a token or an OTP.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(ErrorCode.UPSTREAM_UNAVAILABLE)
+        self.reason = reason
 
 
 # ---------------------------------------------------------------------------------------------
@@ -271,7 +324,7 @@ class Attempt(Protocol):
     - `begin()` (a backend that asks elsewhere, before its call): the counts and an audit row
       saying the call is under way are durable first; the outcome row follows when it ends.
 
-    Both raise `Refusal(RATE_LIMITED)` (committed too) when the attempt is over a limit.
+    Both raise `RateLimited` (committed too) when the attempt is over a limit.
     """
 
     async def commit(self, change: Change[T]) -> T:

@@ -29,6 +29,7 @@ from gateway.domain import (
     Credentials,
     DeviceRef,
     ErrorCode,
+    RateLimited,
     Refusal,
     T,
     parse_mode,
@@ -190,10 +191,10 @@ class RegenerationAttempt:
         )
 
     async def check(self) -> None:
-        """Raise `Refusal(RATE_LIMITED)` if a commit now would be over a limit; counts nothing (one read)."""
+        """Raise `RateLimited` if a commit now would be over a limit; counts nothing (one read)."""
         retry_after = await self.service.audit.store.read(lambda conn: self.service.limiter.peek(conn, self.limits))
         if retry_after is not None:
-            raise Refusal(ErrorCode.RATE_LIMITED, retry_after_seconds=retry_after)
+            raise RateLimited(retry_after)
 
     async def commit(self, change: Change[T]) -> T:
         value, _ = await self._commit(change, SUCCESS)
@@ -207,7 +208,7 @@ class RegenerationAttempt:
         audit = self.service.audit
 
         def unit(work: UnitOfWork) -> tuple[T, Receipt] | Refusal:
-            refusal = self._count(work.connection)
+            refusal: Refusal | None = self._count(work.connection)
             if refusal is None:
                 try:
                     value = change(work)
@@ -224,11 +225,11 @@ class RegenerationAttempt:
             raise answer
         return answer
 
-    def _count(self, conn: Connection) -> Refusal | None:
+    def _count(self, conn: Connection) -> RateLimited | None:
         for limit, key in self.limits:
             retry_after = self.service.limiter.hit(conn, limit, key)
             if retry_after is not None:
-                return Refusal(ErrorCode.RATE_LIMITED, retry_after_seconds=retry_after)
+                return RateLimited(retry_after)
         return None
 
 

@@ -14,7 +14,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from gateway.callers import caller_of
-from gateway.domain import Refusal
+from gateway.domain import InvalidInput, RateLimited, Refusal
 from gateway.regeneration import DeviceRequest
 from gateway.state import state_of
 
@@ -25,27 +25,25 @@ NO_STORE = {"Cache-Control": "no-store"}
 
 
 def error_body(refusal: Refusal) -> dict[str, Any]:
-    """The `ORSResponse` for a refusal."""
+    """The `ORSResponse` for a refusal: invalid input names its field, a rate limit says when to come back."""
+    message = refusal.cause.message
     details: dict[str, Any] | None = None
-    if refusal.field is not None:
-        details = {"field": refusal.field, "reason": refusal.message}
-    elif refusal.retry_after_seconds is not None:
-        details = {"retryAfterSeconds": refusal.retry_after_seconds}
+    match refusal:
+        case InvalidInput(field=field):
+            message, details = refusal.message, {"field": field, "reason": refusal.message}
+        case RateLimited(retry_after_seconds=seconds):
+            details = {"retryAfterSeconds": seconds}
     return {
         "status": "failure",
         "result": None,
         "version": 1,
-        "errorData": {
-            "errorCode": refusal.cause.rest_code,
-            "errorMessage": refusal.cause.message if refusal.field is None else refusal.message,
-            "details": details,
-        },
+        "errorData": {"errorCode": refusal.cause.rest_code, "errorMessage": message, "details": details},
     }
 
 
 def error_response(refusal: Refusal) -> JSONResponse:
     headers = dict(NO_STORE)
-    if refusal.retry_after_seconds is not None:
+    if isinstance(refusal, RateLimited):
         headers["Retry-After"] = str(refusal.retry_after_seconds)
     return JSONResponse(error_body(refusal), status_code=refusal.cause.http_status, headers=headers)
 

@@ -1,10 +1,10 @@
-"""Input parsing and the cause table."""
+"""Input parsing, the cause table and the refusals."""
 
 from __future__ import annotations
 
 import pytest
 
-from gateway.domain import CAUSES, InvalidInput, parse_guid, parse_token
+from gateway.domain import CAUSES, ErrorCode, InvalidInput, Refusal, parse_guid, parse_token
 
 
 def test_guids_are_normalised() -> None:
@@ -29,3 +29,11 @@ def test_the_cause_table_is_consistent() -> None:
     assert len({cause.rest_code for cause in CAUSES.values()}) == len(CAUSES)
     documented = [cause for cause in CAUSES.values() if cause.documented]
     assert sorted(cause.http_status for cause in documented) == [400] * 8 + [404] + [500] * 2
+
+
+@pytest.mark.parametrize(
+    "code", [ErrorCode.INVALID_INPUT, ErrorCode.RATE_LIMITED, ErrorCode.UNRECOGNIZED_UPSTREAM_ERROR]
+)
+def test_a_cause_with_facts_is_raised_only_with_them(code: ErrorCode) -> None:
+    with pytest.raises(TypeError):
+        Refusal(code)

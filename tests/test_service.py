@@ -10,7 +10,18 @@ import pytest
 from sqlalchemy import delete, func, select, update
 
 from gateway.audit import AuditTrail, audit_events
-from gateway.domain import Attempt, Caller, Credentials, DeviceRef, ErrorCode, Principal, Readiness, Refusal
+from gateway.domain import (
+    Attempt,
+    Caller,
+    Credentials,
+    DeviceRef,
+    ErrorCode,
+    Principal,
+    RateLimited,
+    Readiness,
+    Refusal,
+    UnrecognizedUpstream,
+)
 from gateway.engine.engine import CredentialEngine
 from gateway.rate_limits import Limit, RateLimiter
 from gateway.regeneration import DeviceRequest, Policy, RegenerationService
@@ -129,6 +140,7 @@ async def test_device_rate_limit(store: Store, engine: CredentialEngine, clock: 
     await svc.regenerate(request(), caller())
     limited = await refusal(svc, request(), caller())
     assert limited.code is ErrorCode.RATE_LIMITED
+    assert isinstance(limited, RateLimited)
     assert limited.retry_after_seconds == 10 * 60
     assert backend.calls == 2
     # Another device of the same caller is not held back; the window's end frees this one.
@@ -213,7 +225,7 @@ async def test_an_unrecognised_upstream_error_is_audited(store: Store, clock: Cl
             return Readiness(True)
 
         async def regenerate(self, ref: DeviceRef, caller: Caller, attempt: Attempt) -> Credentials:
-            raise Refusal(ErrorCode.UNRECOGNIZED_UPSTREAM_ERROR, upstream_status=418, upstream_code="TEAPOT")
+            raise UnrecognizedUpstream(upstream_status=418, upstream_code="TEAPOT")
 
     policy = Policy.from_settings(Settings())
     svc = RegenerationService(Unrecognised(), AuditTrail(store), RateLimiter(store, clock), policy, clock)

@@ -19,7 +19,7 @@ from anyio.abc import SocketStream
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.domain import Caller, Credentials, ErrorCode, Refusal
+from gateway.domain import Caller, Credentials, ErrorCode, RateLimited, Refusal, UnrecognizedUpstream
 from gateway.upstream.responses import MAX_BODY_BYTES
 from tests.conftest import READY_DEVICE, READY_REF, STUDY, SUBJECT
 from tests.upstream_servers import (
@@ -278,6 +278,7 @@ async def test_statuses_that_decide_alone(status: int, expected: ErrorCode) -> N
 async def test_429_with_retry_after_in_seconds() -> None:
     refusal, _ = await scripted_refusal(answer(429, ors_error("THROTTLED", "Too many"), {"Retry-After": "7"}))
     assert refusal.code is ErrorCode.RATE_LIMITED
+    assert isinstance(refusal, RateLimited)
     assert refusal.retry_after_seconds == 7
 
 
@@ -290,6 +291,7 @@ async def test_429_with_retry_after_as_an_http_date() -> None:
         with pytest.raises(Refusal) as caught:
             await client.regenerate(REF, CALLER)
     assert caught.value.code is ErrorCode.RATE_LIMITED
+    assert isinstance(caught.value, RateLimited)
     assert caught.value.retry_after_seconds == 120
 
 
@@ -309,6 +311,7 @@ async def test_an_unknown_400_code_is_unrecognized_with_status_and_code() -> Non
     body = ors_error("C1-999", "Something new went wrong", {"field": "inventoryId", "reason": "Quarantined"})
     refusal, _ = await scripted_refusal(answer(400, body))
     assert refusal.code is ErrorCode.UNRECOGNIZED_UPSTREAM_ERROR
+    assert isinstance(refusal, UnrecognizedUpstream)
     assert (refusal.upstream_status, refusal.upstream_code) == (400, "C1-999")
     assert refusal.message == "Unrecognized upstream error"  # nothing of the body
 
@@ -316,6 +319,7 @@ async def test_an_unknown_400_code_is_unrecognized_with_status_and_code() -> Non
 async def test_a_redirect_is_not_followed() -> None:
     refusal, upstream = await scripted_refusal(answer(302, None, {"Location": "/elsewhere"}))
     assert refusal.code is ErrorCode.UNRECOGNIZED_UPSTREAM_ERROR
+    assert isinstance(refusal, UnrecognizedUpstream)
     assert refusal.upstream_status == 302
     assert len(upstream.seen) == 1
 

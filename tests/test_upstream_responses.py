@@ -13,13 +13,23 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.domain import CAUSES, Caller, Cause, DeviceRef, ErrorCode, Refusal, StudyMode
+from gateway.domain import (
+    CAUSES,
+    Caller,
+    Cause,
+    DeviceRef,
+    ErrorCode,
+    RateLimited,
+    Refusal,
+    StudyMode,
+    UnrecognizedUpstream,
+    UpstreamFailure,
+)
 from gateway.upstream import UpstreamClient
 from gateway.upstream.responses import (
     DEFAULT_RETRY_AFTER_SECONDS,
     MAX_RETRY_AFTER_SECONDS,
     Answer,
-    UpstreamFailure,
     parse_retry_after,
     read_answer,
     recognise,
@@ -85,6 +95,7 @@ def test_the_more_specific_prose_wins() -> None:
 def test_a_known_code_under_another_status_is_not_that_cause() -> None:
     refusal = read(500, ors_error(CAUSES[ErrorCode.INVALID_SUBJECT].rest_code, "Invalid subject ID"))
     assert refusal.code is ErrorCode.UNRECOGNIZED_UPSTREAM_ERROR
+    assert isinstance(refusal, UnrecognizedUpstream)
     assert refusal.upstream_status == 500
 
 
@@ -111,6 +122,7 @@ def test_an_error_without_an_envelope_is_read_too() -> None:
 def test_anything_else_is_unrecognized_with_status_and_code(body: Any, code: str | None) -> None:
     refusal = read(400, body)
     assert refusal.code is ErrorCode.UNRECOGNIZED_UPSTREAM_ERROR
+    assert isinstance(refusal, UnrecognizedUpstream)
     assert (refusal.upstream_status, refusal.upstream_code) == (400, code)
     assert refusal.message == CAUSES[ErrorCode.UNRECOGNIZED_UPSTREAM_ERROR].message
 
@@ -120,6 +132,7 @@ def test_a_200_whose_envelope_says_failure_is_read_as_an_error(status: str) -> N
     body = {"status": status, "result": None, "errorData": {"errorCode": "X", "errorMessage": "Invalid device ID"}}
     assert read(200, body).code is ErrorCode.INVALID_DEVICE
     unknown = read(200, {"status": status, "errorData": {"errorCode": "X-1", "errorMessage": "?"}})
+    assert isinstance(unknown, UnrecognizedUpstream)
     assert (unknown.code, unknown.upstream_status, unknown.upstream_code) == (
         ErrorCode.UNRECOGNIZED_UPSTREAM_ERROR,
         200,
@@ -169,8 +182,11 @@ def test_retry_after_in_both_forms(value: str | None, seconds: int | None) -> No
 
 def test_429_falls_back_to_details_then_to_a_default() -> None:
     body = ors_error("C1-GW-4290", "Too many requests", {"retryAfterSeconds": 42})
-    assert read(429, body).retry_after_seconds == 42
-    assert read(429, b"slow down", {"Retry-After": "soon"}).retry_after_seconds == DEFAULT_RETRY_AFTER_SECONDS
+    from_details, by_default = read(429, body), read(429, b"slow down", {"Retry-After": "soon"})
+    assert isinstance(from_details, RateLimited)
+    assert isinstance(by_default, RateLimited)
+    assert from_details.retry_after_seconds == 42
+    assert by_default.retry_after_seconds == DEFAULT_RETRY_AFTER_SECONDS
 
 
 async def test_an_odd_content_encoding_is_an_upstream_failure() -> None:

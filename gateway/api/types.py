@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import enum
 from datetime import datetime
-from typing import Annotated, ClassVar, Self
+from typing import Annotated, ClassVar
 
 import strawberry
 
 from gateway import domain
-from gateway.domain import CAUSES, Credentials, Refusal
+from gateway.domain import CAUSES, Credentials, InvalidInput, RateLimited, Refusal, UnrecognizedUpstream
 from gateway.regeneration import DeviceRequest
 
 # The domain's enums are the GraphQL enums: registered here, annotated by their domain names.
@@ -83,10 +83,6 @@ class Error:
     message: str = strawberry.field(description="Human-readable text: the documented prose of the cause.")
 
     cause: ClassVar[domain.ErrorCode]
-
-    @classmethod
-    def from_refusal(cls, refusal: Refusal) -> Self:
-        return cls(code=refusal.code, message=refusal.message)
 
 
 def _describe(code: domain.ErrorCode, meaning: str) -> str:
@@ -188,10 +184,6 @@ class InvalidInputError(Error):
     cause = domain.ErrorCode.INVALID_INPUT
     field: str = strawberry.field(description="The input field at fault, as named in the schema (e.g. studyId).")
 
-    @classmethod
-    def from_refusal(cls, refusal: Refusal) -> Self:
-        return cls(code=refusal.code, message=refusal.message, field=refusal.field or "input")
-
 
 @strawberry.type(
     description=_describe(
@@ -208,10 +200,6 @@ class PermissionDeniedError(Error):
 class RateLimitedError(Error):
     cause = domain.ErrorCode.RATE_LIMITED
     retry_after_seconds: int = strawberry.field(description="Seconds to wait before trying again.")
-
-    @classmethod
-    def from_refusal(cls, refusal: Refusal) -> Self:
-        return cls(code=refusal.code, message=refusal.message, retry_after_seconds=refusal.retry_after_seconds or 1)
 
 
 @strawberry.type(
@@ -234,15 +222,6 @@ class UnrecognizedUpstreamError(Error):
     cause = domain.ErrorCode.UNRECOGNIZED_UPSTREAM_ERROR
     upstream_status: int = strawberry.field(description="The upstream's HTTP status.")
     upstream_code: str | None = strawberry.field(description="The upstream's errorCode, when it sent one.")
-
-    @classmethod
-    def from_refusal(cls, refusal: Refusal) -> Self:
-        return cls(
-            code=refusal.code,
-            message=refusal.message,
-            upstream_status=refusal.upstream_status or 0,
-            upstream_code=refusal.upstream_code,
-        )
 
 
 RegenerateAccessCodeResult = Annotated[
@@ -293,8 +272,18 @@ ERROR_TYPES: dict[domain.ErrorCode, type[Error]] = {
 
 
 def render_refusal(refusal: Refusal) -> Error:
-    """The union member for a refusal."""
-    return ERROR_TYPES[refusal.code].from_refusal(refusal)
+    """The union member for a refusal: by its type where it carries facts, by its cause otherwise."""
+    code, message = refusal.code, refusal.message
+    match refusal:
+        case InvalidInput(field=field):
+            return InvalidInputError(code=code, message=message, field=field)
+        case RateLimited(retry_after_seconds=seconds):
+            return RateLimitedError(code=code, message=message, retry_after_seconds=seconds)
+        case UnrecognizedUpstream(upstream_status=status, upstream_code=upstream_code):
+            return UnrecognizedUpstreamError(
+                code=code, message=message, upstream_status=status, upstream_code=upstream_code
+            )
+    return ERROR_TYPES[code](code=code, message=message)
 
 
 @strawberry.enum(description="The backends a gateway can run on.")

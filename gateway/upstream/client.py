@@ -20,7 +20,7 @@ import anyio
 import httpx
 
 from gateway import __version__
-from gateway.domain import Attempt, Caller, Credentials, DeviceRef, InvalidInput, Readiness, Refusal
+from gateway.domain import Attempt, Caller, Credentials, DeviceRef, InvalidInput, Readiness, Refusal, UpstreamFailure
 from gateway.rest import ACCESS_CODE_PATH
 from gateway.settings import Settings
 from gateway.upstream.auth import ClientCredentialsAuth, ForwardAuth, UpstreamAuth
@@ -34,7 +34,7 @@ from gateway.upstream.resilience import (
     Outcome,
     Sleep,
 )
-from gateway.upstream.responses import MAX_BODY_BYTES, Answer, UpstreamFailure, read_answer
+from gateway.upstream.responses import MAX_BODY_BYTES, Answer, read_answer
 from gateway.upstream.transport import AiohttpTransport
 
 log = logging.getLogger(__name__)

@@ -4,8 +4,9 @@ The status decides where it can (401/403, 404, 429, 502/503/504). Other error bo
 an `ORSResponse` and their cause is recognised from `gateway.domain.CAUSES`, the only description
 of the causes: by the row's `rest_code` when the upstream sends a code we know, otherwise by the
 row's documented prose found anywhere in `errorMessage` or `details` (case, punctuation and
-surrounding words do not matter). What matches no row is an `UnrecognizedUpstreamError` carrying
-the upstream's status and code. Nothing of a body (and so no OTP) is copied into a message.
+surrounding words do not matter). What matches no row is `UnrecognizedUpstream`, carrying the
+upstream's status and code; what cannot be read is an `UpstreamFailure`. Nothing of a body (and
+so no OTP) is copied into a message.
 """
 
 from __future__ import annotations
@@ -19,7 +20,18 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from gateway.domain import CAUSES, Cause, Credentials, ErrorCode, Refusal
+from gateway.domain import (
+    CAUSES,
+    Cause,
+    Credentials,
+    ErrorCode,
+    RateLimited,
+    Refusal,
+    UnrecognizedUpstream,
+    UpstreamFailure,
+)
+
+__all__ = ["UpstreamFailure"]  # re-exported for upstream/auth.py until it moves (issue 8, item 2)
 
 MAX_BODY_BYTES = 1 << 20
 """A larger answer is not an access-code response; it is refused unread rather than buffered."""
@@ -28,19 +40,6 @@ DEFAULT_RETRY_AFTER_SECONDS = 1
 MAX_RETRY_AFTER_SECONDS = 24 * 60 * 60
 _SAFE_CODE = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 _SUCCESS_FIELDS = ("accessId", "otp", "id")
-
-
-class UpstreamFailure(Refusal):
-    """The upstream gave no usable answer: unreachable, timed out, 502/503/504 or an unreadable body.
-
-    Rendered as `UpstreamUnavailableError` like any refusal with that code, but unlike the answers
-    the upstream meant (a 400, a 429, a saturated queue here) it counts against the circuit breaker.
-    `reason` is for logs: a fixed phrase, never a body, a token or an OTP.
-    """
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(ErrorCode.UPSTREAM_UNAVAILABLE)
-        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -102,7 +101,7 @@ def read_answer(answer: Answer, *, now: datetime) -> Credentials:
     if status == 404:
         raise Refusal(ErrorCode.STUDY_NOT_FOUND)
     if status == 429:
-        raise Refusal(ErrorCode.RATE_LIMITED, retry_after_seconds=_retry_after(answer, now))
+        raise RateLimited(_retry_after(answer, now))
     if status in (502, 503, 504):
         raise UpstreamFailure(f"HTTP {status}")
     document = _json(answer.body, status)
@@ -150,11 +149,10 @@ def _error(status: int, document: Any) -> Refusal:
     cause = recognise(status, code, _texts(data))
     if cause is not None:
         return Refusal(cause.code)
-    return Refusal(
-        ErrorCode.UNRECOGNIZED_UPSTREAM_ERROR,
-        upstream_status=status,
+    return UnrecognizedUpstream(
+        status,
         # Carried to the client, so only a code-shaped value: never a stray piece of body.
-        upstream_code=code.strip() if code is not None and _SAFE_CODE.fullmatch(code.strip()) else None,
+        code.strip() if code is not None and _SAFE_CODE.fullmatch(code.strip()) else None,
     )
 
 
