@@ -20,7 +20,7 @@ from starlette.routing import Route
 from gateway import audit, device, health, rate_limits, rest
 from gateway.api.schema import build_schema
 from gateway.api.view import GraphQLView
-from gateway.audit import AuditTrail
+from gateway.audit import AuditTrail, audit_key
 from gateway.auth import BearerTokenBackend, open_authenticator, refuse
 from gateway.domain import Backend, utc_now
 from gateway.engine import tables
@@ -69,7 +69,7 @@ def create_app(settings: Settings, *, backend: Backend | None = None) -> Starlet
             # The store serves every backend: the engine's registry, and the audit trail and rate limits.
             store = await Store.open(settings.store_url, schema=settings.database_schema, tables=store_tables(settings))
             resources.push_async_callback(store.close)
-            trail = AuditTrail(store)
+            trail = AuditTrail(store, audit_key(settings))
             chosen = backend if backend is not None else await open_backend(settings, store, resources)
             yield AppState(
                 settings=settings,

@@ -1,36 +1,43 @@
-"""The audit trail: one append-only, hash-chained row per attempt (21 CFR Part 11 §11.10(e)).
+"""The audit trail: one append-only, MAC-chained row per attempt (21 CFR Part 11 §11.10(e)).
 
 Each row holds when (UTC), what (action and outcome), who (the token's subject and client) and on
-what (study, mode, subject, device), with the request id. Never an OTP, a token or an
-Authorization header. `hash` is SHA-256 over the previous row's hash and this row's canonical
-JSON, so changing, removing or reordering any row breaks every link after it; `verify` finds the
-first broken one.
+what (study, mode, subject, device, the access ID issued or presented), with the request id.
+Never an OTP, a token or an Authorization header. `hash` is HMAC-SHA256, keyed with a key kept
+outside the database (`GATEWAY_AUDIT_KEY_FILE`), over the previous row's `hash` and this row's
+canonical JSON: changing, removing or reordering any row breaks every link after it, and without
+the key nobody can recompute the chain. Cutting the end off (and moving the head back) leaves a
+whole chain; a head recorded elsewhere (`gateway audit head`, `verify --expect-head`) catches it.
 
 Rows are written in the attempt's own unit of work (`append`), so they commit together with what
 the attempt changed, or not at all. The trail is a participant of the store's group commit: each
 batch first locks the single `audit_head` row (SQLite: the write lock `BEGIN IMMEDIATE` already
 holds), which lines batches up across processes, and at its end the batch's rows are chained and
-inserted in one statement.
+inserted in one statement. Reading (`verify`, `export`, `head`) happens in one snapshot that never
+blocks a writer, so a live gateway can be verified.
 
 An attempt whose outcome is decided elsewhere (upstream mode) is recorded twice: a `PENDING` row,
 durable before the upstream call, and its outcome row after it, pointing back with `attempt_seq`.
 A `PENDING` row that no outcome row points to (the process died during the call) is an attempt
-whose outcome is unknown: `unresolved` lists them and the export shows them as `OUTCOME_UNKNOWN`.
+whose outcome is unknown: `verify` lists them and the export shows them as `OUTCOME_UNKNOWN`.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import logging
-from collections.abc import AsyncGenerator, Sequence
-from contextlib import aclosing
+import secrets
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, fields, replace
 from datetime import datetime
-from typing import Any
+from pathlib import Path
+from typing import Any, TextIO
 
 from sqlalchemy import BigInteger, Column, Connection, Integer, String, Table, bindparam, event, insert, select, update
 
+from gateway.keyfiles import private_file
+from gateway.settings import Settings, SettingsError
 from gateway.store import Store, UnitOfWork, UTCDateTime, metadata
 
 log = logging.getLogger(__name__)
@@ -141,19 +148,76 @@ def _fields(event: AuditEvent) -> dict[str, Any]:
     return {name: getattr(event, name) for name in _EVENT_FIELDS}
 
 
-def link_hash(prev_hash: str, seq: int, event: AuditEvent) -> str:
+def link_hash(key: bytes, prev_hash: str, seq: int, event: AuditEvent) -> str:
+    """The row's link: HMAC-SHA256, keyed with the trail's key, over the previous link and the
+    row's canonical JSON. Without the key nobody can forge a row or recompute the chain."""
     body = _fields(event)
     body["at"] = event.at.isoformat()
     body["seq"] = seq
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-    return hashlib.sha256(f"{prev_hash}\n{canonical}".encode()).hexdigest()
+    return hmac.new(key, f"{prev_hash}\n{canonical}".encode(), hashlib.sha256).hexdigest()
+
+
+@dataclass(frozen=True)
+class Head:
+    """Where the chain ends: `SEQ:MAC`, to be recorded outside the gateway (`gateway audit head`)."""
+
+    seq: int
+    mac: str
+
+    def __str__(self) -> str:
+        return f"{self.seq}:{self.mac}"
+
+    @classmethod
+    def parse(cls, text: str) -> Head:
+        seq, colon, mac = text.partition(":")
+        if not colon or not seq.isdigit() or len(mac) != 64 or any(c not in "0123456789abcdef" for c in mac):
+            raise ValueError("a head is SEQ:MAC, as `gateway audit head` prints it")
+        return cls(int(seq), mac)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What `verify` found: the rows checked, the first broken row and why (None: intact), the
+    attempts whose outcome is unknown."""
+
+    rows: int
+    broken_at: int | None = None
+    problem: str | None = None
+    unknown_outcomes: tuple[int, ...] = ()
+
+    @property
+    def broken(self) -> tuple[int, str] | None:
+        """(the first broken row, what is wrong), or None when intact."""
+        return None if self.broken_at is None or self.problem is None else (self.broken_at, self.problem)
+
+
+KEY_FILE = "audit-key"
+"""The development key's file name in the data folder."""
+KEY_BYTES = 32
+
+
+def audit_key(settings: Settings) -> bytes:
+    """The trail's MAC key: `GATEWAY_AUDIT_KEY_FILE`, else (not in production: the settings refuse
+    that) a random key made once in the data folder, mode 0600."""
+    path = Path(settings.audit_key_file) if settings.audit_key_file else Path(settings.data_dir) / KEY_FILE
+    if not settings.audit_key_file:
+        private_file(path, lambda: secrets.token_hex(KEY_BYTES))
+    try:
+        key = bytes.fromhex(path.read_text(encoding="ascii").strip())
+    except (OSError, ValueError) as error:
+        raise SettingsError(f"GATEWAY_AUDIT_KEY_FILE: {path} must hold a hexadecimal key ({error})") from None
+    if len(key) < KEY_BYTES:
+        raise SettingsError(f"GATEWAY_AUDIT_KEY_FILE: {path} holds a key shorter than {KEY_BYTES} bytes")
+    return key
 
 
 class AuditTrail:
     """The trail in a store: a participant of its group commit (`append` defers rows to `flush`)."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, key: bytes) -> None:
         self.store = store
+        self.key = key
         store.join(self)
 
     def append(self, work: UnitOfWork, event: AuditEvent) -> Receipt:
@@ -172,61 +236,103 @@ class AuditTrail:
         for item in items:
             assert isinstance(item, Receipt)
             seq += 1
-            digest = link_hash(prev_hash, seq, item.event)
+            digest = link_hash(self.key, prev_hash, seq, item.event)
             rows.append({**_fields(item.event), "seq": seq, "prev_hash": prev_hash, "hash": digest})
             item.seq, prev_hash = seq, digest
         connection.execute(_INSERT, rows)
         connection.execute(_MOVE_HEAD, {"new_seq": seq, "new_hash": prev_hash})
 
-    async def records(self) -> AsyncGenerator[AuditRecord, None]:
-        """Every row in chain order, streamed."""
-        async with self.store.engine.connect() as conn:
-            result = await conn.stream(select(audit_events).order_by(audit_events.c.seq))
-            async for row in result:
-                yield AuditRecord(**row._mapping)
+    async def records(self) -> list[AuditRecord]:
+        """Every row in chain order, each an attempt's `PENDING` row too (one snapshot)."""
+        return await self.store.snapshot(lambda conn: list(_records(conn)))
 
-    async def verify(self) -> tuple[int, str | None]:
-        """(rows checked, None) when intact, else (seq of the first broken row, what is wrong)."""
-        prev_hash, expected_seq = GENESIS, 1
-        async with aclosing(self.records()) as records:
-            async for record in records:
-                if record.seq != expected_seq:
-                    return record.seq, f"row {expected_seq} is missing (found {record.seq})"
-                if record.prev_hash != prev_hash:
-                    return record.seq, "does not link to the row before it"
-                event = AuditEvent(**_fields(record))
-                if link_hash(prev_hash, record.seq, event) != record.hash:
-                    return record.seq, "its contents do not match its hash"
-                prev_hash, expected_seq = record.hash, expected_seq + 1
-        async with self.store.engine.connect() as conn:
-            head = (await conn.execute(select(audit_head))).first()
-        last = expected_seq - 1
-        if head is not None and (head.seq, head.hash) != (last, prev_hash):
-            return last + 1, f"the chain ends at row {last} but its head says row {head.seq}: rows were removed"
-        return last, None
-
-    async def attempts(self) -> AsyncGenerator[AuditRecord, None]:
+    async def attempts(self) -> list[AuditRecord]:
         """Each attempt once, in chain order: by its outcome row (a resolved `PENDING` row is left
         out), or, for a `PENDING` row that was never resolved, that row with `OUTCOME_UNKNOWN`."""
-        unresolved = set(await self.unresolved())
-        async with aclosing(self.records()) as records:
-            async for record in records:
-                if record.outcome != PENDING:
-                    yield record
-                elif record.seq in unresolved:
-                    yield replace(record, outcome=OUTCOME_UNKNOWN)
 
-    async def unresolved(self) -> list[int]:
-        """The seqs of `PENDING` rows that no outcome row points to: attempts whose outcome is unknown."""
-        outcome = audit_events.alias("outcome")
-        resolved = select(outcome.c.attempt_seq).where(outcome.c.attempt_seq.is_not(None))
-        query = (
-            select(audit_events.c.seq)
-            .where(audit_events.c.outcome == PENDING, audit_events.c.seq.not_in(resolved))
-            .order_by(audit_events.c.seq)
-        )
-        async with self.store.engine.connect() as conn:
-            return list((await conn.execute(query)).scalars())
+        def read(conn: Connection) -> list[AuditRecord]:
+            unknown = set(_unresolved(conn))
+            return [
+                replace(record, outcome=OUTCOME_UNKNOWN) if record.seq in unknown else record
+                for record in _records(conn)
+                if record.outcome != PENDING or record.seq in unknown
+            ]
+
+        return await self.store.snapshot(read)
+
+    async def head(self) -> Head:
+        """Where the chain ends now."""
+        return await self.store.snapshot(_head)
+
+    async def verify(self, expect_head: Head | None = None) -> Verdict:
+        """Check every link, in one consistent snapshot that never blocks a writer (a live gateway
+        goes on meanwhile). With `expect_head` (recorded earlier), also that the chain still
+        reaches it: a trail cut short and its head moved back fails here."""
+        return await self.store.snapshot(lambda conn: self._verify(conn, expect_head))
+
+    def _verify(self, conn: Connection, expect_head: Head | None) -> Verdict:
+        prev_hash, seq = GENESIS, 0
+        reached = expect_head is None or expect_head == Head(0, GENESIS)
+        for record in _records(conn):
+            if record.seq != seq + 1:
+                return Verdict(seq, record.seq, f"row {seq + 1} is missing (found {record.seq})")
+            if record.prev_hash != prev_hash:
+                return Verdict(seq, record.seq, "does not link to the row before it")
+            if link_hash(self.key, prev_hash, record.seq, record) != record.hash:
+                return Verdict(seq, record.seq, "its contents do not match its hash")
+            prev_hash, seq = record.hash, record.seq
+            reached = reached or Head(seq, prev_hash) == expect_head
+        head = _head(conn)
+        if (head.seq, head.mac) != (seq, prev_hash):
+            return Verdict(
+                seq, seq + 1, f"the chain ends at row {seq} but its head says row {head.seq}: rows were removed"
+            )
+        if not reached:
+            assert expect_head is not None
+            return Verdict(
+                seq, expect_head.seq, f"the trail no longer reaches the recorded head {expect_head}: it was cut short"
+            )
+        return Verdict(seq, unknown_outcomes=tuple(_unresolved(conn)))
+
+    async def export(self, sink: TextIO) -> int:
+        """Write every row as a JSON line (one snapshot); an unresolved `PENDING` row as
+        `OUTCOME_UNKNOWN`, its stored outcome in `recorded_outcome`. Returns the rows written."""
+
+        def write(conn: Connection) -> int:
+            unknown = set(_unresolved(conn))
+            count = 0
+            for record in _records(conn):
+                row = record.to_json()
+                if record.seq in unknown:
+                    row.update(outcome=OUTCOME_UNKNOWN, recorded_outcome=record.outcome)
+                sink.write(json.dumps(row, sort_keys=True) + "\n")
+                count += 1
+            return count
+
+        return await self.store.snapshot(write)
+
+
+def _records(conn: Connection) -> Iterator[AuditRecord]:
+    rows = conn.execute(select(audit_events).order_by(audit_events.c.seq).execution_options(yield_per=1000))
+    for row in rows:
+        yield AuditRecord(**row._mapping)
+
+
+def _head(conn: Connection) -> Head:
+    seq, mac = conn.execute(_HEAD).one()
+    return Head(seq, mac)
+
+
+def _unresolved(conn: Connection) -> list[int]:
+    """The seqs of `PENDING` rows that no outcome row points to: attempts whose outcome is unknown."""
+    outcome = audit_events.alias("outcome")
+    resolved = select(outcome.c.attempt_seq).where(outcome.c.attempt_seq.is_not(None))
+    query = (
+        select(audit_events.c.seq)
+        .where(audit_events.c.outcome == PENDING, audit_events.c.seq.not_in(resolved))
+        .order_by(audit_events.c.seq)
+    )
+    return list(conn.execute(query).scalars())
 
 
 # Built once: constructing a statement costs more than running it on SQLite.

@@ -12,7 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from gateway import __version__
-from gateway.audit import OUTCOME_UNKNOWN, AuditTrail
+from gateway.audit import OUTCOME_UNKNOWN, AuditTrail, Head, audit_key
 from gateway.auth import development_token, serve_hint
 from gateway.engine import tables
 from gateway.engine.registry import DEMO_REGISTRY, Registry, RegistryError, load_registry
@@ -98,31 +98,33 @@ def seed(settings: Settings, path: Path) -> int:
     return 0
 
 
-async def audit(settings: Settings, action: str, output: Path | None) -> int:
+async def audit(settings: Settings, action: str, output: Path | None = None, expect_head: str | None = None) -> int:
+    try:
+        head = Head.parse(expect_head) if expect_head else None
+    except ValueError as error:
+        raise SettingsError(f"--expect-head: {error}") from None
     store = await Store.open(settings.store_url, schema=settings.database_schema, create=False)
     try:
-        trail = AuditTrail(store)
-        if action == "verify":
-            seq, problem = await trail.verify()
-            if problem is not None:
-                print(f"audit trail BROKEN at row {seq}: {problem}", file=sys.stderr)
-                return 1
-            print(f"audit trail intact: {seq} rows")
-            unknown = await trail.unresolved()
-            if unknown:
-                rows = ", ".join(str(seq) for seq in unknown[:20]) + (", …" if len(unknown) > 20 else "")
-                print(
-                    f"{len(unknown)} attempts with {OUTCOME_UNKNOWN}: an upstream call began and its outcome "
-                    f"was never recorded (rows {rows})"
-                )
+        trail = AuditTrail(store, audit_key(settings))
+        if action == "head":
+            print(await trail.head())
             return 0
-        unknown_rows = set(await trail.unresolved())
-        with output.open("w", encoding="utf-8") if output else nullcontext(sys.stdout) as sink:
-            async for record in trail.records():
-                row = record.to_json()
-                if record.seq in unknown_rows:
-                    row.update(outcome=OUTCOME_UNKNOWN, recorded_outcome=record.outcome)
-                sink.write(json.dumps(row, sort_keys=True) + "\n")
+        if action == "export":
+            with output.open("w", encoding="utf-8") if output else nullcontext(sys.stdout) as sink:
+                await trail.export(sink)
+            return 0
+        verdict = await trail.verify(head)
+        if verdict.problem is not None:
+            print(f"audit trail BROKEN at row {verdict.broken_at}: {verdict.problem}", file=sys.stderr)
+            return 1
+        print(f"audit trail intact: {verdict.rows} rows" + (f", reaching the recorded head {head}" if head else ""))
+        unknown = verdict.unknown_outcomes
+        if unknown:
+            rows = ", ".join(str(seq) for seq in unknown[:20]) + (", …" if len(unknown) > 20 else "")
+            print(
+                f"{len(unknown)} attempts with {OUTCOME_UNKNOWN}: an upstream call began and its outcome "
+                f"was never recorded (rows {rows})"
+            )
         return 0
     finally:
         await store.close()
@@ -170,7 +172,15 @@ def _parser() -> argparse.ArgumentParser:
     seed_cmd.add_argument("file", type=Path, help="registry file (JSON)")
     audit_cmd = commands.add_parser("audit", help="check or export the audit trail")
     audit_actions = audit_cmd.add_subparsers(dest="audit_action", required=True)
-    audit_actions.add_parser("verify", help="check the hash chain; exit 1 at the first broken link")
+    audit_verify = audit_actions.add_parser(
+        "verify", help="check every link of the chain (MACs, order, head); exit 1 at the first broken one"
+    )
+    audit_verify.add_argument(
+        "--expect-head",
+        metavar="SEQ:MAC",
+        help="a head recorded earlier (`gateway audit head`): also fail when the trail no longer reaches it",
+    )
+    audit_actions.add_parser("head", help="print where the chain ends, SEQ:MAC, to record outside the gateway")
     audit_export = audit_actions.add_parser("export", help="write every row as JSON lines")
     audit_export.add_argument("--output", type=Path, help="file to write (default: standard output)")
     token_cmd = commands.add_parser("token", help="print a development bearer token (DeviceActionsPost)")
@@ -193,7 +203,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "seed":
             return seed(settings, args.file)
         if args.command == "audit":
-            return asyncio.run(audit(settings, args.audit_action, getattr(args, "output", None)))
+            return asyncio.run(
+                audit(settings, args.audit_action, getattr(args, "output", None), getattr(args, "expect_head", None))
+            )
         if args.command == "token":
             return token(settings, args.study, args.mode, args.ttl, args.subject)
         overrides = {"host": args.host, "port": args.port}

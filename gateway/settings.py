@@ -229,6 +229,9 @@ class Settings:
     max_body_bytes: int = 64 * 1024
     """Largest request body on any route; larger ones get 413."""
     trusted_documents: str = ""
+    audit_key_file: str = ""
+    """File holding the audit trail's MAC key (hex, ≥ 32 bytes). Empty: a key made once in
+    `data_dir` (refused in production, where the key must live outside the data folder)."""
     """JSON file of sha256 -> GraphQL document: when set, only those documents are executed."""
 
     @property
@@ -285,6 +288,11 @@ class Settings:
         if not self.auth_jwks_url and symmetric != set(self.allowed_auth_algorithms):
             raise SettingsError("GATEWAY_AUTH_ALGORITHMS may list only HS* algorithms without GATEWAY_AUTH_JWKS_URL")
         if self.production:
+            if not self.audit_key_file:
+                raise SettingsError(
+                    "GATEWAY_AUDIT_KEY_FILE is required when GATEWAY_PRODUCTION=true: the audit trail's MAC key "
+                    "must be kept outside the database and its data folder"
+                )
             if self.insecure_disable_auth:
                 raise SettingsError("GATEWAY_INSECURE_DISABLE_AUTH=true is refused when GATEWAY_PRODUCTION=true")
             if not (self.auth_jwks_url or self.auth_hs256_secret):
@@ -351,4 +359,5 @@ _PARSERS: dict[str, Callable[[str, str], object]] = {
     "graphql_document_cache_size": _integer(0, 10_000),
     "max_body_bytes": _integer(1024, 100 * 1024 * 1024),
     "trusted_documents": _file,
+    "audit_key_file": _file,
 }

@@ -199,6 +199,18 @@ class Store:
                 raise
         return await anyio.to_thread.run_sync(_read, self._sqlite.waiting_reader, query, limiter=self._read_threads)
 
+    async def snapshot(self, query: Read[T]) -> T:
+        """Run `query` in one read-only transaction: every statement sees the same snapshot, and no
+        writer waits for it (SQLite: a WAL read transaction, in a worker thread; PostgreSQL:
+        REPEATABLE READ, READ ONLY). For long reads such as verifying the whole audit trail."""
+        if self._sqlite is not None:
+            reader = self._sqlite.waiting_reader
+            return await anyio.to_thread.run_sync(_snapshot, reader, query, limiter=self._read_threads)
+        async with self.engine.connect() as conn:
+            await conn.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
+            async with conn.begin():
+                return await conn.run_sync(query)
+
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncConnection]:
         """One transaction outside group commit (seeding, tools): committed when the block ends."""
@@ -312,6 +324,15 @@ class Store:
 def _read(engine: Engine, query: Read[T]) -> T:
     with engine.connect() as conn:
         return query(conn)
+
+
+def _snapshot(engine: Engine, query: Read[T]) -> T:
+    with engine.connect() as conn:
+        conn.exec_driver_sql("BEGIN")  # deferred: a read transaction, one WAL snapshot, no write lock
+        try:
+            return query(conn)
+        finally:
+            conn.exec_driver_sql("ROLLBACK")
 
 
 def _answer(future: asyncio.Future[Any], *, result: Any = None, error: BaseException | None = None) -> None:

@@ -36,6 +36,7 @@ pytest_plugins = ["tests.secret_watch"]
 
 POSTGRES_URL = os.environ.get("GATEWAY_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
 TEST_KDF_COST = 4  # scrypt N = 16: the hash's shape is what the tests check, not its cost
+TEST_AUDIT_KEY = bytes(range(32))  # an obviously fake MAC key for the audit trail
 TEST_HS256_SECRET = "test-only-hs256-secret-not-for-any-real-gateway"  # an obviously fake value
 
 STUDY = "DE305D5475B4431BADB2EB6B9E546014"

@@ -14,7 +14,7 @@ from gateway.domain import Caller, Credentials
 from gateway.engine.engine import CredentialEngine
 from gateway.settings import Settings
 from gateway.store import Store
-from tests.conftest import READY_DEVICE, READY_REF, STUDY, TEST_KDF_COST, Clock
+from tests.conftest import READY_DEVICE, READY_REF, STUDY, TEST_AUDIT_KEY, TEST_KDF_COST, Clock
 from tests.utils import run_server
 
 pytestmark = pytest.mark.anyio
@@ -85,7 +85,9 @@ async def test_lockout_after_n_failures_until_regenerated(
     fresh = await issue(device_engine)
     assert (await bootstrap(device_client, pair.access_id, pair.otp)).status_code == 401
     assert (await bootstrap(device_client, fresh.access_id, fresh.otp)).status_code == 200
-    outcomes = [record.outcome async for record in AuditTrail(store).records() if record.action == "bootstrap"]
+    outcomes = [
+        record.outcome for record in await AuditTrail(store, TEST_AUDIT_KEY).records() if record.action == "bootstrap"
+    ]
     assert outcomes == ["WRONG_OTP", "WRONG_OTP", "LOCKED", "LOCKED", "UNKNOWN_ACCESS_ID", "SUCCESS"]
 
 

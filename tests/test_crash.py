@@ -23,9 +23,10 @@ import pytest
 from anyio.abc import Process
 from sqlalchemy import select
 
-from gateway.audit import OUTCOME_UNKNOWN, PENDING, AuditTrail, audit_events
+from gateway.audit import OUTCOME_UNKNOWN, PENDING, AuditTrail, audit_events, audit_key
 from gateway.engine import otp
 from gateway.engine.tables import credentials
+from gateway.settings import Settings
 from gateway.store import Store
 from tests.conftest import Database
 from tests.upstream_servers import ScriptedUpstream
@@ -174,7 +175,7 @@ async def test_sigkill_during_regenerations_loses_no_audit_row(database: Databas
                 row.access_id: row.inventory_id
                 for row in await conn.execute(select(audit_events).where(audit_events.c.outcome == "SUCCESS"))
             }
-        verified = await AuditTrail(store).verify()
+        verified = await AuditTrail(store, audit_key(Settings.from_env(env))).verify()
     finally:
         await store.close()
 
@@ -190,7 +191,7 @@ async def test_sigkill_during_regenerations_loses_no_audit_row(database: Databas
         for pair in working:
             assert current is not None
             assert otp.verify_otp(pair["otp"], current.otp_hash)
-    assert verified[1] is None, verified
+    assert verified.problem is None, verified
     checked = gateway("audit", "verify", env=env)
     assert checked.returncode == 0, checked.stderr
 

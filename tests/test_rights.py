@@ -18,7 +18,7 @@ from gateway.engine.registry import DEMO_REGISTRY, load_registry
 from gateway.engine.tables import seed
 from gateway.settings import Settings
 from gateway.store import Store
-from tests.conftest import ALL_TABLES, REGENERATE, STUDY, bearer, device_input, rest_path
+from tests.conftest import ALL_TABLES, REGENERATE, STUDY, TEST_AUDIT_KEY, bearer, device_input, rest_path
 from tests.security import sqlite_settings
 from tests.upstream_servers import ScriptedUpstream, serve_scripted
 from tests.utils import run_server
@@ -50,7 +50,7 @@ class Deployment:
     async def outcomes(self) -> list[str]:
         store = await Store.open(self.settings.store_url, create=False)
         try:
-            return [record.outcome async for record in AuditTrail(store).attempts()]
+            return [record.outcome for record in await AuditTrail(store, TEST_AUDIT_KEY).attempts()]
         finally:
             await store.close()
 

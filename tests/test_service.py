@@ -9,7 +9,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import delete, func, select, update
 
-from gateway.audit import AuditTrail, audit_events
+from gateway.audit import AuditTrail, Verdict, audit_events
 from gateway.domain import (
     Attempt,
     Caller,
@@ -27,7 +27,7 @@ from gateway.rate_limits import Limit, RateLimiter
 from gateway.regeneration import DeviceRequest, Policy, RegenerationService
 from gateway.settings import Settings
 from gateway.store import Store
-from tests.conftest import READY_DEVICE, STUDY, SUBJECT, Clock
+from tests.conftest import READY_DEVICE, STUDY, SUBJECT, TEST_AUDIT_KEY, Clock
 
 pytestmark = pytest.mark.anyio
 
@@ -76,11 +76,13 @@ def service(
         device_limit=Limit("device", device, timedelta(minutes=15)),
         caller_limit=Limit("caller", per_caller, timedelta(minutes=15)),
     )
-    return RegenerationService(backend, AuditTrail(store), RateLimiter(store, clock), policy, clock), backend
+    return RegenerationService(
+        backend, AuditTrail(store, TEST_AUDIT_KEY), RateLimiter(store, clock), policy, clock
+    ), backend
 
 
 async def outcomes(store: Store) -> list[str]:
-    return [record.outcome async for record in AuditTrail(store).records()]
+    return [record.outcome for record in await AuditTrail(store, TEST_AUDIT_KEY).records()]
 
 
 async def refusal(svc: RegenerationService, req: DeviceRequest, who: Caller) -> Refusal:
@@ -206,14 +208,14 @@ async def test_one_audit_row_per_attempt_whatever_the_outcome(
         "SUCCESS",
         "RATE_LIMITED",
     ]
-    records = [record async for record in AuditTrail(store).records()]
+    records = await AuditTrail(store, TEST_AUDIT_KEY).records()
     assert [r.request_id for r in records] == [f"req-{i}" for i in range(len(attempts))]
     assert records[0].caller == "site-user"
     assert records[0].client_id == "site-app"
     assert (records[0].study_id, records[0].mode, records[0].subject_id) == (STUDY, "active", SUBJECT)
     assert records[4].inventory_id == "bad\N{REPLACEMENT CHARACTER}id"
     assert all(r.at.tzinfo is not None for r in records)
-    assert await AuditTrail(store).verify() == (len(attempts), None)
+    assert await AuditTrail(store, TEST_AUDIT_KEY).verify() == Verdict(len(attempts))
 
 
 async def test_an_unrecognised_upstream_error_is_audited(store: Store, clock: Clock) -> None:
@@ -228,7 +230,9 @@ async def test_an_unrecognised_upstream_error_is_audited(store: Store, clock: Cl
             raise UnrecognizedUpstream(upstream_status=418, upstream_code="TEAPOT")
 
     policy = Policy.from_settings(Settings())
-    svc = RegenerationService(Unrecognised(), AuditTrail(store), RateLimiter(store, clock), policy, clock)
+    svc = RegenerationService(
+        Unrecognised(), AuditTrail(store, TEST_AUDIT_KEY), RateLimiter(store, clock), policy, clock
+    )
     await refusal(svc, request(), caller())
     assert await outcomes(store) == ["UNRECOGNIZED_UPSTREAM_ERROR"]
 
@@ -237,17 +241,17 @@ async def test_tampering_is_found(store: Store, engine: CredentialEngine, clock:
     svc, _ = service(store, engine, clock)
     for _ in range(4):
         await svc.regenerate(request(), caller())
-    trail = AuditTrail(store)
-    assert await trail.verify() == (4, None)
+    trail = AuditTrail(store, TEST_AUDIT_KEY)
+    assert await trail.verify() == Verdict(4)
     async with store.transaction() as conn:
         await conn.execute(update(audit_events).where(audit_events.c.seq == 2).values(caller="mallory"))
-    assert await trail.verify() == (2, "its contents do not match its hash")
+    assert (await trail.verify()).broken == (2, "its contents do not match its hash")
     async with store.transaction() as conn:
         await conn.execute(update(audit_events).where(audit_events.c.seq == 2).values(caller="site-user"))
         await conn.execute(delete(audit_events).where(audit_events.c.seq == 4))
-    assert (await trail.verify())[0] == 4
+    assert (await trail.verify()).broken_at == 4
     async with store.transaction() as conn:
         await conn.execute(delete(audit_events).where(audit_events.c.seq == 1))
-    assert await trail.verify() == (2, "row 1 is missing (found 2)")
+    assert (await trail.verify()).broken == (2, "row 1 is missing (found 2)")
     async with store.engine.connect() as conn:
         assert (await conn.execute(select(func.count()).select_from(audit_events))).scalar_one() == 2

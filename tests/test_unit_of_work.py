@@ -17,7 +17,7 @@ from sqlalchemy import event, func, inspect, select
 from sqlalchemy.exc import OperationalError
 
 from gateway.app import store_tables
-from gateway.audit import AuditEvent, AuditTrail, audit_events
+from gateway.audit import AuditEvent, AuditTrail, Verdict, audit_events
 from gateway.domain import Caller, Credentials, ErrorCode, Principal, Refusal, utc_now
 from gateway.engine import tables
 from gateway.engine.engine import CredentialEngine
@@ -26,7 +26,7 @@ from gateway.rate_limits import Limit, RateLimiter
 from gateway.regeneration import DeviceRequest, Policy, RegenerationService
 from gateway.settings import Settings
 from gateway.store import Store, UnitOfWork
-from tests.conftest import ALL_TABLES, READY_DEVICE, STUDY, SUBJECT, Clock, Database
+from tests.conftest import ALL_TABLES, READY_DEVICE, STUDY, SUBJECT, TEST_AUDIT_KEY, Clock, Database
 
 pytestmark = pytest.mark.anyio
 
@@ -40,7 +40,7 @@ def service(store: Store, engine: CredentialEngine, clock: Clock) -> Regeneratio
         device_limit=Limit("device", 1000, timedelta(minutes=15)),
         caller_limit=Limit("caller", 1000, timedelta(minutes=15)),
     )
-    return RegenerationService(engine, AuditTrail(store), RateLimiter(store, clock), policy, clock)
+    return RegenerationService(engine, AuditTrail(store, TEST_AUDIT_KEY), RateLimiter(store, clock), policy, clock)
 
 
 def request(index: int) -> DeviceRequest:
@@ -89,11 +89,11 @@ async def test_concurrent_attempts_share_commits(store: Store, engine: Credentia
     assert answers.count(ErrorCode.STUDY_NOT_FOUND) == 25
     assert 0 < len(commits) < 50, f"{len(commits)} commits for 50 attempts"
     assert await rows(store, audit_events) == 50
-    assert await AuditTrail(store).verify() == (50, None)
+    assert await AuditTrail(store, TEST_AUDIT_KEY).verify() == Verdict(50)
 
 
 async def test_a_unit_that_fails_is_rolled_back_alone(store: Store) -> None:
-    trail = AuditTrail(store)
+    trail = AuditTrail(store, TEST_AUDIT_KEY)
 
     def fails(work: UnitOfWork) -> None:
         trail.append(work, _event("FAILS"))
@@ -115,7 +115,7 @@ async def test_a_unit_that_fails_is_rolled_back_alone(store: Store) -> None:
         for unit in (succeeds, fails, succeeds):
             tasks.start_soon(run, unit)
     assert sorted(map(str, results)) == ["done", "done", "this unit's own error"]
-    assert [record.outcome async for record in trail.records()] == ["SUCCEEDS", "SUCCEEDS"]
+    assert [record.outcome for record in await trail.records()] == ["SUCCEEDS", "SUCCEEDS"]
 
 
 async def test_no_caller_is_answered_before_its_commit(
