@@ -2,50 +2,30 @@
 
 It answers as the Clinical One reference describes: the bare `BootStrapCredResponseDto` on 200;
 an `ORSResponse` whose `errorData` carries the cause's REST errorCode and documented prose
-otherwise. Codes, statuses and prose come from `gateway.domain.CAUSES`.
+otherwise. The path and both bodies are `gateway.contract`'s; codes, statuses and prose come
+from `gateway.domain.CAUSES`.
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from gateway.callers import caller_of
-from gateway.domain import InvalidInput, RateLimited, Refusal
+from gateway.contract import ACCESS_CODE_PATH, credentials_body, refusal_body
+from gateway.domain import RateLimited, Refusal
 from gateway.regeneration import DeviceRequest
 from gateway.state import state_of
 
-ACCESS_CODE_PATH = (
-    "/ec-ors-svc/rest/v1.0/studies/{studyId}/{mode}/subjects/{subjectId}/devices/{inventoryId}/access-code"
-)
 NO_STORE = {"Cache-Control": "no-store"}
-
-
-def error_body(refusal: Refusal) -> dict[str, Any]:
-    """The `ORSResponse` for a refusal: invalid input names its field, a rate limit says when to come back."""
-    message = refusal.cause.message
-    details: dict[str, Any] | None = None
-    match refusal:
-        case InvalidInput(field=field):
-            message, details = refusal.message, {"field": field, "reason": refusal.message}
-        case RateLimited(retry_after_seconds=seconds):
-            details = {"retryAfterSeconds": seconds}
-    return {
-        "status": "failure",
-        "result": None,
-        "version": 1,
-        "errorData": {"errorCode": refusal.cause.rest_code, "errorMessage": message, "details": details},
-    }
 
 
 def error_response(refusal: Refusal) -> JSONResponse:
     headers = dict(NO_STORE)
     if isinstance(refusal, RateLimited):
         headers["Retry-After"] = str(refusal.retry_after_seconds)
-    return JSONResponse(error_body(refusal), status_code=refusal.cause.http_status, headers=headers)
+    return JSONResponse(refusal_body(refusal), status_code=refusal.cause.http_status, headers=headers)
 
 
 def _request(request: Request) -> DeviceRequest:
@@ -67,9 +47,7 @@ async def regenerate_access_code(request: Request) -> JSONResponse:
         credentials = await service.regenerate(_request(request), caller_of(request))
     except Refusal as refusal:
         return error_response(refusal)
-    return JSONResponse(
-        {"accessId": credentials.access_id, "id": credentials.device_id, "otp": credentials.otp}, headers=NO_STORE
-    )
+    return JSONResponse(credentials_body(credentials), headers=NO_STORE)
 
 
 routes = [Route(ACCESS_CODE_PATH, regenerate_access_code, methods=["PUT"])]

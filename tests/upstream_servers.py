@@ -24,6 +24,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from gateway import contract
+from gateway.contract import BootStrapCredResponseDto, ORSResponse
+from gateway.domain import Credentials
 from gateway.settings import Settings
 from gateway.upstream import UpstreamClient, upstream_http_client
 from gateway.upstream.resilience import MonotonicClock, Sleep
@@ -36,19 +39,17 @@ DEVICE_INSTANCE = "B1B8327AFAA6412287106192AB5984EF"
 Handler = Callable[[Request], Awaitable[Response]]
 
 
-def credentials_body(*, wrapped: bool = False, status: str = "Success") -> dict[str, Any]:
-    dto = {"accessId": FAKE_ACCESS_ID, "id": DEVICE_INSTANCE, "otp": FAKE_OTP}
-    return {"status": status, "result": dto, "version": 1} if wrapped else dto
+def credentials_body(*, wrapped: bool = False, status: str = "Success") -> BootStrapCredResponseDto | ORSResponse:
+    """The fake credentials, bare (as documented) or wrapped in an `ORSResponse` (as other services send)."""
+    dto = contract.credentials_body(
+        Credentials(access_id=FAKE_ACCESS_ID, otp=FAKE_OTP, device_id=DEVICE_INSTANCE, expires_at=None)
+    )
+    return contract.wrapped(dto, status) if wrapped else dto
 
 
-def ors_error(code: Any, message: str | None, details: Any = None) -> dict[str, Any]:
-    """An `ORSResponse` error body, as the reference describes it."""
-    return {
-        "status": "failure",
-        "result": None,
-        "version": 1,
-        "errorData": {"errorCode": code, "errorMessage": message, "details": details},
-    }
+def ors_error(code: Any, message: str | None, details: Any = None) -> ORSResponse:
+    """An `ORSResponse` error body; `code` may be of any type, since the tests also send what the contract would not."""
+    return contract.error_body(code, message, details)
 
 
 def answer(status: int, body: Any = None, headers: dict[str, str] | None = None) -> Handler:

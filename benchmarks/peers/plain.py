@@ -25,11 +25,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from gateway.contract import ACCESS_CODE_PATH
 from gateway.upstream.transport import AiohttpTransport
-
-ACCESS_CODE_PATH = (
-    "/ec-ors-svc/rest/v1.0/studies/{studyId}/{mode}/subjects/{subjectId}/devices/{inventoryId}/access-code"
-)
 
 
 def transport_name() -> str:

@@ -20,8 +20,8 @@ import anyio
 import httpx
 
 from gateway import __version__
+from gateway.contract import ACCESS_CODE_PATH
 from gateway.domain import Attempt, Caller, Credentials, DeviceRef, InvalidInput, Readiness, Refusal, UpstreamFailure
-from gateway.rest import ACCESS_CODE_PATH
 from gateway.settings import Settings
 from gateway.upstream.auth import ClientCredentialsAuth, ForwardAuth, UpstreamAuth
 from gateway.upstream.resilience import (

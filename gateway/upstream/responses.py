@@ -1,25 +1,24 @@
-"""Reading the upstream's answers: a 2xx becomes `Credentials`, anything else a `Refusal`.
+"""What an upstream answer means: a 2xx becomes `Credentials`, anything else a `Refusal`.
 
-The status decides where it can (401/403, 404, 429, 502/503/504). Other error bodies are read as
-an `ORSResponse` and their cause is recognised from `gateway.domain.CAUSES`, the only description
-of the causes: by the row's `rest_code` when the upstream sends a code we know, otherwise by the
-row's documented prose found anywhere in `errorMessage` or `details` (case, punctuation and
-surrounding words do not matter). What matches no row is `UnrecognizedUpstream`, carrying the
-upstream's status and code; what cannot be read is an `UpstreamFailure`. Nothing of a body (and
-so no OTP) is copied into a message.
+The status decides where it can (401/403, 404, 429, 502/503/504). Other bodies are read through
+`gateway.contract` (the `ORSResponse` envelope, the success DTO) and an error's cause is recognised
+from `gateway.domain.CAUSES`, the only description of the causes: by the row's `rest_code` when
+the upstream sends a code we know, otherwise by the row's documented prose found anywhere in
+`errorMessage` or `details` (case, punctuation and surrounding words do not matter). What matches
+no row is `UnrecognizedUpstream`, carrying the upstream's status and code; what cannot be read is
+an `UpstreamFailure`. Nothing of a body (and so no OTP) is copied into a message.
 """
 
 from __future__ import annotations
 
 import email.utils
-import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
 
+from gateway import contract
 from gateway.domain import (
     CAUSES,
     Cause,
@@ -39,7 +38,6 @@ DEFAULT_RETRY_AFTER_SECONDS = 1
 """A 429 that says nothing usable about when to come back."""
 MAX_RETRY_AFTER_SECONDS = 24 * 60 * 60
 _SAFE_CODE = re.compile(r"[A-Za-z0-9._:-]{1,64}")
-_SUCCESS_FIELDS = ("accessId", "otp", "id")
 
 
 @dataclass(frozen=True)
@@ -70,7 +68,7 @@ def _contains(words: tuple[str, ...], phrase: tuple[str, ...]) -> bool:
     return any(words[i : i + len(phrase)] == phrase for i in range(len(words) - len(phrase) + 1))
 
 
-def recognise(status: int, code: str | None, texts: list[str]) -> Cause | None:
+def recognise(status: int, code: str | None, texts: Sequence[str]) -> Cause | None:
     """The documented cause an error means, or None.
 
     Only causes documented with this HTTP status are candidates (a 200 whose envelope says failure
@@ -104,75 +102,51 @@ def read_answer(answer: Answer, *, now: datetime) -> Credentials:
         raise RateLimited(_retry_after(answer, now))
     if status in (502, 503, 504):
         raise UpstreamFailure(f"HTTP {status}")
-    document = _json(answer.body, status)
-    if 200 <= status < 300:
-        return _credentials(document, status)
-    raise _error(status, document)
-
-
-def _json(body: bytes, status: int) -> Any:
     try:
-        return json.loads(body)
-    except (ValueError, RecursionError):
+        document = contract.decode(answer.body)
+    except ValueError:
         # Not JSON, or cut short: an HTML error page, a proxy's text, a connection closed mid-body.
         raise UpstreamFailure(f"HTTP {status} with a body that is not JSON") from None
-
-
-def _credentials(document: Any, status: int) -> Credentials:
+    if not 200 <= status < 300:
+        raise _error(status, contract.read_error(document))
     if not isinstance(document, dict):
         raise UpstreamFailure(f"HTTP {status} with a body that is not an object")
-    envelope_status = document.get("status")
-    if isinstance(envelope_status, str) and envelope_status.strip().casefold() not in ("", "success"):
-        raise _error(status, document)
-    # Documented bare; other Clinical One services wrap results as {"status": ..., "result": {...}}.
-    result = document.get("result")
-    payload = result if isinstance(result, dict) else document
-    values = {name: value.strip() for name in _SUCCESS_FIELDS if isinstance(value := payload.get(name), str)}
-    missing = [name for name in _SUCCESS_FIELDS if not values.get(name)]
+    dto = contract.read_success(document)
+    if isinstance(dto, contract.ErrorReading):
+        raise _error(status, dto)
+    missing = [name for name, value in dto.items() if not value]
     if missing:
         # Possibly a pair was made upstream, but we cannot hand it on: an upstream fault, never a success.
         raise UpstreamFailure(f"HTTP {status} success body without {', '.join(missing)}")
     return Credentials(
-        access_id=values["accessId"],
-        otp=values["otp"],
-        device_id=values["id"],
+        access_id=dto["accessId"],
+        otp=dto["otp"],
+        device_id=dto["id"],
         expires_at=None,  # the upstream does not say
     )
 
 
-def _error(status: int, document: Any) -> Refusal:
-    body = document if isinstance(document, dict) else {}
-    error_data = body.get("errorData")
-    data: dict[str, Any] = error_data if isinstance(error_data, dict) else body
-    code = data.get("errorCode")
-    code = str(code) if isinstance(code, (str, int)) and not isinstance(code, bool) else None
-    cause = recognise(status, code, _texts(data))
+def _error(status: int, error: contract.ErrorReading) -> Refusal:
+    code = error.code.strip() if error.code is not None else None
+    cause = recognise(status, code, error.texts)
     if cause is not None:
         return Refusal(cause.code)
-    return UnrecognizedUpstream(
-        status,
-        # Carried to the client, so only a code-shaped value: never a stray piece of body.
-        code.strip() if code is not None and _SAFE_CODE.fullmatch(code.strip()) else None,
-    )
-
-
-def _texts(data: dict[str, Any]) -> list[str]:
-    """Where the documented prose may be: the message, then `details` (a string or an object)."""
-    texts = [data.get("errorMessage"), data.get("message")]
-    details = data.get("details")
-    if isinstance(details, dict):
-        texts.extend(details.values())
-    else:
-        texts.append(details)
-    return [text for text in texts if isinstance(text, str)]
+    # Carried to the client, so only a code-shaped value: never a stray piece of body.
+    return UnrecognizedUpstream(status, code if code is not None and _SAFE_CODE.fullmatch(code) else None)
 
 
 def _retry_after(answer: Answer, now: datetime) -> int:
-    """Seconds from `Retry-After` (delta-seconds or an HTTP date), else from `details`, else a default."""
+    """Seconds from `Retry-After` (delta-seconds or an HTTP date), else from the body's `details`, else a default.
+
+    The body is decoded here only, and only when the header says nothing usable.
+    """
     seconds = parse_retry_after(answer.headers.get("retry-after"), now)
     if seconds is None:
-        seconds = _retry_after_from_body(answer.body)
-    return DEFAULT_RETRY_AFTER_SECONDS if seconds is None else seconds
+        try:
+            seconds = contract.read_error(contract.decode(answer.body)).retry_after_seconds
+        except ValueError:
+            seconds = None
+    return DEFAULT_RETRY_AFTER_SECONDS if seconds is None else min(seconds, MAX_RETRY_AFTER_SECONDS)
 
 
 def parse_retry_after(value: str | None, now: datetime) -> int | None:
@@ -189,16 +163,3 @@ def parse_retry_after(value: str | None, now: datetime) -> int | None:
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     return min(max(math.ceil((when - now).total_seconds()), 0), MAX_RETRY_AFTER_SECONDS)
-
-
-def _retry_after_from_body(body: bytes) -> int | None:
-    try:
-        document = json.loads(body)
-    except (ValueError, RecursionError):
-        return None
-    error_data = document.get("errorData") if isinstance(document, dict) else None
-    details = error_data.get("details") if isinstance(error_data, dict) else None
-    seconds = details.get("retryAfterSeconds") if isinstance(details, dict) else None
-    if isinstance(seconds, int) and not isinstance(seconds, bool) and seconds >= 0:
-        return min(seconds, MAX_RETRY_AFTER_SECONDS)
-    return None
