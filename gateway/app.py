@@ -22,6 +22,7 @@ from gateway.api.schema import build_schema
 from gateway.api.view import GraphQLView
 from gateway.audit import AuditTrail, audit_key
 from gateway.auth import BearerTokenBackend, open_authenticator, refuse
+from gateway.device import DeviceBootstrap
 from gateway.domain import Backend, utc_now
 from gateway.engine import tables
 from gateway.engine.engine import CredentialEngine
@@ -71,12 +72,12 @@ def create_app(settings: Settings, *, backend: Backend | None = None) -> Starlet
             resources.push_async_callback(store.close)
             trail = AuditTrail(store, audit_key(settings))
             chosen = backend if backend is not None else await open_backend(settings, store, resources)
+            local = chosen if isinstance(chosen, CredentialEngine) else None
             yield AppState(
                 settings=settings,
                 authenticator=authenticator,
                 backend=chosen,
-                engine=chosen if isinstance(chosen, CredentialEngine) else None,
-                audit=trail,
+                device=DeviceBootstrap.from_settings(settings, local, trail) if local else None,
                 service=RegenerationService(chosen, trail, RateLimiter(store, utc_now), Policy.from_settings(settings)),
             )
 

@@ -2,26 +2,93 @@
 
 Like the mHealth Connector's endpoint: HTTP Basic with user = accessId and password = OTP.
 200 with the device's connection parameters; 401 for an unknown, wrong, expired or locked pair
-(the same answer for all four, so the endpoint tells a guesser nothing); 400 when the OTP was
-right but already spent. Every attempt is audited, in the same unit of work as what it changed;
-the OTP never is.
+(the same answer for all four, and in the same time: every refusal checks the OTP with the KDF,
+against a dummy hash when there is no pair to check, so the endpoint tells a guesser nothing);
+400 when the OTP was right but already spent; 429 with `Retry-After` when the caller's address or
+the access ID is over its rate limit (`GATEWAY_BOOTSTRAP_RATE_LIMIT_*`). The endpoint needs no
+token, by design, so its limits keep a flood from costing KDF time and from growing the audit
+trail: every attempt within the limits is audited (in the same unit of work as what it changed),
+a flood only by its first refused attempt per key and window. The OTP never is.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+from dataclasses import dataclass, field
+from datetime import timedelta
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from gateway.audit import AuditEvent, clip
-from gateway.engine.engine import Bootstrap, BootstrapOutcome
+from gateway.audit import AuditEvent, AuditTrail, clip
+from gateway.engine.engine import Bootstrap, BootstrapOutcome, CredentialEngine
+from gateway.rate_limits import Limit, RateLimiter
+from gateway.settings import Settings
 from gateway.state import state_of
 from gateway.store import UnitOfWork
 
 _CHALLENGE = {"WWW-Authenticate": 'Basic realm="deviceBootstrap", charset="UTF-8"', "Cache-Control": "no-store"}
+_NO_STORE = {"Cache-Control": "no-store"}
+
+
+@dataclass(frozen=True)
+class DeviceBootstrap:
+    """The endpoint's collaborators: the engine that spends pairs, the trail, the limiter and its limits."""
+
+    engine: CredentialEngine
+    audit: AuditTrail
+    limiter: RateLimiter
+    per_client: Limit
+    per_access_id: Limit
+
+    @classmethod
+    def from_settings(cls, settings: Settings, engine: CredentialEngine, audit: AuditTrail) -> DeviceBootstrap:
+        window = timedelta(seconds=settings.bootstrap_rate_limit_window_seconds)
+        return cls(
+            engine,
+            audit,
+            RateLimiter(audit.store, engine.clock),
+            per_client=Limit("bootstrap-client", settings.bootstrap_rate_limit_client, window),
+            per_access_id=Limit("bootstrap-access-id", settings.bootstrap_rate_limit_access_id, window),
+        )
+
+
+@dataclass
+class _Attempt:
+    """One device's attempt: counted against both limits and audited in the engine's units of work."""
+
+    device: DeviceBootstrap
+    client: str
+    access_id: str
+    request_id: str
+    retry_after: int = field(default=0)
+
+    def count(self, work: UnitOfWork) -> bool:
+        for limit, key in ((self.device.per_client, self.client), (self.device.per_access_id, self.access_id)):
+            exceeded = self.device.limiter.hit(work.connection, limit, key)
+            if exceeded is not None:
+                self.retry_after = exceeded.retry_after
+                if exceeded.first:  # a flood leaves one row per key and window, not one per request
+                    self.record(work, Bootstrap(BootstrapOutcome.RATE_LIMITED))
+                return True
+        return False
+
+    def record(self, work: UnitOfWork, result: Bootstrap) -> None:
+        pair = result.pair
+        event = AuditEvent(
+            at=self.device.engine.clock(),
+            action="bootstrap",
+            outcome=result.outcome.value,
+            request_id=self.request_id,
+            caller=f"device:{clip(self.access_id)}",
+            study_id=pair.study_id if pair else None,
+            mode=pair.mode.value if pair else None,
+            inventory_id=pair.inventory_id if pair else None,
+            access_id=clip(self.access_id),
+        )
+        self.device.audit.append(work, event)
 
 
 def _basic_credentials(header: str | None) -> tuple[str, str] | None:
@@ -41,34 +108,17 @@ def _basic_credentials(header: str | None) -> tuple[str, str] | None:
 
 
 async def device_bootstrap(request: Request) -> JSONResponse:
-    state = state_of(request)
-    engine = state["engine"]
-    if engine is None:
+    device = state_of(request)["device"]
+    if device is None:
         # Upstream mode: devices bootstrap against mHealth itself, not through the gateway.
         return JSONResponse({"error": "Not found"}, 404)
-    audit = state["audit"]
     credentials = _basic_credentials(request.headers.get("authorization"))
     if credentials is None:
         return JSONResponse({"error": "HTTP Basic credentials (accessId:OTP) are required"}, 401, _CHALLENGE)
     access_id, otp = credentials
-    request_id: str = request.state.request_id
-
-    def record(work: UnitOfWork, result: Bootstrap) -> None:
-        pair = result.pair
-        event = AuditEvent(
-            at=engine.clock(),
-            action="bootstrap",
-            outcome=result.outcome.value,
-            request_id=request_id,
-            caller=f"device:{clip(access_id)}",
-            study_id=pair.study_id if pair else None,
-            mode=pair.mode.value if pair else None,
-            inventory_id=pair.inventory_id if pair else None,
-            access_id=clip(access_id),
-        )
-        audit.append(work, event)
-
-    result = await engine.bootstrap(access_id, otp, record)
+    client = request.client.host if request.client else "unknown"
+    attempt = _Attempt(device, client, access_id, request.state.request_id)
+    result = await device.engine.bootstrap(access_id, otp, attempt)
     pair = result.pair
     if result.outcome is BootstrapOutcome.BOOTSTRAPPED:
         assert pair is not None
@@ -79,10 +129,13 @@ async def device_bootstrap(request: Request) -> JSONResponse:
                 "mode": pair.mode.value,
                 "inventoryId": pair.inventory_id,
             },
-            headers={"Cache-Control": "no-store"},
+            headers=_NO_STORE,
         )
     if result.outcome is BootstrapOutcome.ALREADY_BOOTSTRAPPED:
-        return JSONResponse({"error": "The device is already bootstrapped"}, 400, {"Cache-Control": "no-store"})
+        return JSONResponse({"error": "The device is already bootstrapped"}, 400, _NO_STORE)
+    if result.outcome is BootstrapOutcome.RATE_LIMITED:
+        headers = {**_NO_STORE, "Retry-After": str(attempt.retry_after)}
+        return JSONResponse({"error": "Too many attempts: try again later"}, 429, headers)
     return JSONResponse({"error": "Invalid access ID or OTP"}, 401, _CHALLENGE)
 
 

@@ -8,6 +8,7 @@ into the same row: the limits hold across replicas.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -37,6 +38,16 @@ _PEEK = select(rate_counters.c.key, rate_counters.c.count, rate_counters.c.windo
 
 
 @dataclass(frozen=True)
+class Exceeded:
+    """An attempt over its limit."""
+
+    retry_after: int
+    """Seconds until the window ends."""
+    first: bool
+    """The first attempt over the limit in this window (a flood's later ones need no record of their own)."""
+
+
+@dataclass(frozen=True)
 class Limit:
     """At most `attempts` per `window`, for keys with this prefix (`device`, `caller`)."""
 
@@ -45,7 +56,9 @@ class Limit:
     window: timedelta
 
     def key(self, key: str) -> str:
-        return f"{self.prefix}:{key}"[:255]
+        """The counter's key: the prefix and a hash of `key`, so that no two keys share a budget
+        however long they are (a token's `sub`, an access ID as a device sent it)."""
+        return f"{self.prefix}:{hashlib.sha256(key.encode()).hexdigest()}"
 
 
 class RateLimiter:
@@ -65,8 +78,8 @@ class RateLimiter:
             },
         ).returning(rate_counters.c.count, rate_counters.c.window_start)
 
-    def hit(self, connection: Connection, limit: Limit, key: str) -> int | None:
-        """Count one attempt; None when it is within the limit, else the seconds until the window ends."""
+    def hit(self, connection: Connection, limit: Limit, key: str) -> Exceeded | None:
+        """Count one attempt; None when it is within the limit."""
         if limit.attempts <= 0:
             return None
         now = self.clock()
@@ -75,7 +88,8 @@ class RateLimiter:
             {"key": limit.key(key), "now": now, "cutoff": now - limit.window},
         )
         count, window_start = result.one()
-        return _retry_after(limit, count, window_start, now)
+        retry_after = _retry_after(limit, count, window_start, now)
+        return None if retry_after is None else Exceeded(retry_after, first=count == limit.attempts + 1)
 
     def peek(self, connection: Connection, hits: Sequence[tuple[Limit, str]]) -> int | None:
         """What counting `hits` would answer now (the longest wait, or None), counting nothing: one query."""

@@ -227,9 +227,9 @@ class RegenerationAttempt:
 
     def _count(self, conn: Connection) -> RateLimited | None:
         for limit, key in self.limits:
-            retry_after = self.service.limiter.hit(conn, limit, key)
-            if retry_after is not None:
-                return RateLimited(retry_after)
+            exceeded = self.service.limiter.hit(conn, limit, key)
+            if exceeded is not None:
+                return RateLimited(exceeded.retry_after)
         return None
 
 

@@ -167,6 +167,11 @@ class Settings:
     """Regenerations by one caller (token subject) per window (0: no limit)."""
     rate_limit_window_seconds: int = 900
     bootstrap_lockout_attempts: int = 10
+    bootstrap_rate_limit_client: int = 30
+    """Device bootstrap attempts from one client address per window (0: no limit)."""
+    bootstrap_rate_limit_access_id: int = 20
+    """Device bootstrap attempts with one access ID per window (0: no limit)."""
+    bootstrap_rate_limit_window_seconds: int = 60
     """Consecutive wrong OTPs that lock a pair until it is regenerated."""
     # Upstream mode (GATEWAY_BACKEND=upstream): gateway/upstream/.
     upstream_connect_timeout_seconds: float = 5.0
@@ -322,6 +327,9 @@ _PARSERS: dict[str, Callable[[str, str], object]] = {
     "rate_limit_caller": _integer(0, 1_000_000),
     "rate_limit_window_seconds": _integer(1, 7 * 24 * 60 * 60),
     "bootstrap_lockout_attempts": _integer(1, 1000),
+    "bootstrap_rate_limit_client": _integer(0, 1_000_000),
+    "bootstrap_rate_limit_access_id": _integer(0, 1_000_000),
+    "bootstrap_rate_limit_window_seconds": _integer(1, 24 * 60 * 60),
     "upstream_connect_timeout_seconds": _number(0.01, 600),
     "upstream_read_timeout_seconds": _number(0.01, 3600),
     "upstream_total_timeout_seconds": _number(0.01, 3600),

@@ -11,10 +11,9 @@ from typing import TYPE_CHECKING, TypedDict, cast
 from starlette.requests import HTTPConnection
 
 if TYPE_CHECKING:
-    from gateway.audit import AuditTrail
     from gateway.auth import Authenticator
+    from gateway.device import DeviceBootstrap
     from gateway.domain import Backend
-    from gateway.engine.engine import CredentialEngine
     from gateway.regeneration import RegenerationService
     from gateway.settings import Settings
 
@@ -23,9 +22,8 @@ class AppState(TypedDict):
     settings: Settings
     authenticator: Authenticator | None
     backend: Backend
-    engine: CredentialEngine | None
-    """The local engine when it serves (device bootstrap needs it), else None."""
-    audit: AuditTrail
+    device: DeviceBootstrap | None
+    """The device bootstrap endpoint's collaborators when the local engine serves, else None."""
     service: RegenerationService
 
 

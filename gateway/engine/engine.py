@@ -16,6 +16,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Protocol
 
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
@@ -38,6 +39,7 @@ class BootstrapOutcome(enum.Enum):
     EXPIRED = "EXPIRED"
     LOCKED = "LOCKED"
     ALREADY_BOOTSTRAPPED = "ALREADY_BOOTSTRAPPED"
+    RATE_LIMITED = "RATE_LIMITED"
 
 
 @dataclass(frozen=True)
@@ -45,14 +47,6 @@ class Bootstrap:
     outcome: BootstrapOutcome
     pair: StoredPair | None = None
     instance_id: str | None = None
-
-
-Record = Callable[[UnitOfWork, Bootstrap], None]
-"""Writes a bootstrap's audit row in its unit of work."""
-
-
-def _nothing(work: UnitOfWork, result: Bootstrap) -> None:
-    return None
 
 
 class _Unaudited:
@@ -86,6 +80,7 @@ class CredentialEngine:
     ) -> None:
         self.store = store
         self.kdf = kdf or KdfPool(os.cpu_count() or 1)
+        self._dummy: str | None = None
         self.lockout_after = lockout_after
         self.otp_ttl = otp_ttl
         self.kdf_cost = kdf_cost
@@ -143,39 +138,89 @@ class CredentialEngine:
             return False
         return await self.kdf.verify(otp, pair.otp_hash)
 
-    async def bootstrap(self, access_id: str, otp: str, record: Record = _nothing) -> Bootstrap:
-        """The device side: spend (access_id, otp) once, counting wrong OTPs toward a lockout.
+    async def bootstrap(self, access_id: str, otp: str, attempt: DeviceAttempt | None = None) -> Bootstrap:
+        """The device side: spend (access_id, otp) once, with at most `lockout_after` guesses.
 
-        Checks, in order: the access id is a current pair; the pair is not locked; not expired;
-        the OTP matches (else one more failure, and a lock at `lockout_after`); not yet used.
-        The outcome's writes and `record` (its audit row) commit in one unit of work.
+        1. One unit of work counts the attempt against its rate limits (`attempt.count`; over a
+           limit: `RATE_LIMITED`, and nothing else happens) and reserves a guess on the pair
+           (`tables.reserve_guess`): a spent, locked, expired or unknown pair reserves none.
+        2. The OTP is checked with the KDF, always exactly once: against the pair's hash when a
+           guess was reserved (or the pair is spent: 400 needs a right OTP), else against a
+           dummy hash, so that every refusal costs the same and time tells a guesser nothing.
+        3. A second unit settles it (spend the pair, or lock it when its guesses are used up)
+           and records the audit row (`attempt.record`), together.
         """
-        pair = await self.store.read(lambda conn: tables.find_pair(conn, access_id))
+        attempt = attempt or _Unrecorded()
         now = self.clock()
-        matches = pair is not None and await self.kdf.verify(otp, pair.otp_hash)
+
+        def reserve(work: UnitOfWork) -> tuple[Bootstrap | None, StoredPair | None]:
+            if attempt.count(work):
+                return Bootstrap(BootstrapOutcome.RATE_LIMITED), None
+            return None, tables.reserve_guess(work.connection, access_id, now, self.lockout_after)
+
+        limited, reserved = await self.store.submit(reserve)
+        if limited is not None:
+            return limited
+        pair = reserved or await self.store.read(lambda conn: tables.find_pair(conn, access_id))
+        checked = reserved or (pair if pair is not None and pair.used_at is not None else None)
+        matches = await self.kdf.verify(otp, checked.otp_hash if checked else await self._dummy_hash())
 
         def settle(work: UnitOfWork) -> Bootstrap:
-            result = self._settle(work, pair, matches, now)
-            record(work, result)
+            result = self._settle(work, reserved, pair, matches and checked is not None, now)
+            attempt.record(work, result)
             return result
 
         return await self.store.submit(settle)
 
-    def _settle(self, work: UnitOfWork, pair: StoredPair | None, matches: bool, now: datetime) -> Bootstrap:
+    def _settle(
+        self, work: UnitOfWork, reserved: StoredPair | None, pair: StoredPair | None, matches: bool, now: datetime
+    ) -> Bootstrap:
         conn = work.connection
         if pair is None:
             return Bootstrap(BootstrapOutcome.UNKNOWN_ACCESS_ID)
-        if pair.locked_at is not None:
+        if reserved is None:
+            # No guess on this pair: spent (400 only with the right OTP), locked or out of guesses, expired.
+            if pair.used_at is not None:
+                return Bootstrap(BootstrapOutcome.ALREADY_BOOTSTRAPPED if matches else BootstrapOutcome.WRONG_OTP, pair)
+            if now >= pair.expires_at and pair.locked_at is None:
+                return Bootstrap(BootstrapOutcome.EXPIRED, pair)
             return Bootstrap(BootstrapOutcome.LOCKED, pair)
-        if now >= pair.expires_at:
-            return Bootstrap(BootstrapOutcome.EXPIRED, pair)
         if not matches:
-            locked = tables.record_failure(conn, pair, now, self.lockout_after)
-            return Bootstrap(BootstrapOutcome.LOCKED if locked else BootstrapOutcome.WRONG_OTP, pair)
-        if pair.used_at is not None or not tables.mark_used(conn, pair, now):
-            # Spent before (or by another attempt, or the lock fell, between our read and our write).
-            return Bootstrap(BootstrapOutcome.ALREADY_BOOTSTRAPPED, pair)
-        return Bootstrap(BootstrapOutcome.BOOTSTRAPPED, pair, tables.instance_id(conn, pair))
+            locked = tables.lock_if_out_of_guesses(conn, reserved, now, self.lockout_after)
+            return Bootstrap(BootstrapOutcome.LOCKED if locked else BootstrapOutcome.WRONG_OTP, reserved)
+        if tables.spend(conn, reserved, now):
+            return Bootstrap(BootstrapOutcome.BOOTSTRAPPED, reserved, tables.instance_id(conn, reserved))
+        # Spent meanwhile by another attempt with the right OTP (400), or locked meanwhile (401 always).
+        current = tables.find_pair(conn, access_id=reserved.access_id)
+        if current is not None and current.locked_at is None and current.used_at is not None:
+            return Bootstrap(BootstrapOutcome.ALREADY_BOOTSTRAPPED, reserved)
+        return Bootstrap(BootstrapOutcome.LOCKED, reserved)
+
+    async def _dummy_hash(self) -> str:
+        """A hash of no pair's OTP, at the engine's cost: what a refused guess is checked against."""
+        if self._dummy is None:
+            self._dummy = await self.kdf.hash(new_otp(), self.kdf_cost)
+        return self._dummy
+
+
+class DeviceAttempt(Protocol):
+    """What the device face adds to a bootstrap's units of work: its rate limits and its audit row."""
+
+    def count(self, work: UnitOfWork) -> bool:
+        """Count the attempt against its limits; True when it is over one (recorded as the face sees fit)."""
+
+    def record(self, work: UnitOfWork, result: Bootstrap) -> None:
+        """Write the attempt's audit row."""
+
+
+class _Unrecorded:
+    """A bootstrap asked of the engine directly (tools, tests): no limits, no audit."""
+
+    def count(self, work: UnitOfWork) -> bool:
+        return False
+
+    def record(self, work: UnitOfWork, result: Bootstrap) -> None:
+        return None
 
 
 def _refuse(code: ErrorCode) -> Callable[[UnitOfWork], Credentials]:

@@ -217,8 +217,28 @@ def find_pair(conn: Connection, access_id: str) -> StoredPair | None:
     return None if row is None else StoredPair(**row._mapping)
 
 
-def mark_used(conn: Connection, pair: StoredPair, now: datetime) -> bool:
-    """Spend the pair once: true only for the one caller whose update found it unused and unlocked."""
+def reserve_guess(conn: Connection, access_id: str, now: datetime, lockout: int) -> StoredPair | None:
+    """Count one guess against a live pair before its OTP is checked, in one conditional update:
+    None when there is no such pair, or it is spent, locked, expired or out of guesses. At most
+    `lockout` guesses are ever checked against a pair, however many arrive at once."""
+    row = conn.execute(
+        update(credentials)
+        .where(
+            credentials.c.access_id == access_id,
+            credentials.c.used_at.is_(None),
+            credentials.c.locked_at.is_(None),
+            credentials.c.expires_at > now,
+            credentials.c.failed_attempts < lockout,
+        )
+        .values(failed_attempts=credentials.c.failed_attempts + 1)
+        .returning(*credentials.c)
+    ).first()
+    return None if row is None else StoredPair(**row._mapping)
+
+
+def spend(conn: Connection, pair: StoredPair, now: datetime) -> bool:
+    """Spend a pair whose OTP was right (and give its guess back): true only for the one caller
+    whose update found it unused and unlocked."""
     result = conn.execute(
         update(credentials)
         .where(
@@ -227,9 +247,21 @@ def mark_used(conn: Connection, pair: StoredPair, now: datetime) -> bool:
             credentials.c.used_at.is_(None),
             credentials.c.locked_at.is_(None),
         )
-        .values(used_at=now)
+        .values(used_at=now, failed_attempts=credentials.c.failed_attempts - 1)
     )
     return result.rowcount == 1
+
+
+def lock_if_out_of_guesses(conn: Connection, pair: StoredPair, now: datetime, lockout: int) -> bool:
+    """After a wrong guess: lock the pair once its guesses are used up. True when it is locked now."""
+    this_pair = (credentials.c.access_id == pair.access_id, credentials.c.otp_hash == pair.otp_hash)
+    conn.execute(
+        update(credentials)
+        .where(*this_pair, credentials.c.failed_attempts >= lockout, credentials.c.locked_at.is_(None))
+        .values(locked_at=now)
+    )
+    locked = conn.execute(select(credentials.c.locked_at).where(*this_pair)).scalar()
+    return locked is not None
 
 
 def instance_id(conn: Connection, pair: StoredPair) -> str:
@@ -240,18 +272,6 @@ def instance_id(conn: Connection, pair: StoredPair) -> str:
     )
     instance_id: str = (conn.execute(query)).scalar_one()
     return instance_id
-
-
-def record_failure(conn: Connection, pair: StoredPair, now: datetime, lock_after: int) -> bool:
-    """Count a wrong OTP against the pair (atomically); lock it at `lock_after`. True when now locked."""
-    this_pair = (credentials.c.access_id == pair.access_id, credentials.c.otp_hash == pair.otp_hash)
-    conn.execute(update(credentials).where(*this_pair).values(failed_attempts=credentials.c.failed_attempts + 1))
-    result = conn.execute(
-        update(credentials)
-        .where(*this_pair, credentials.c.failed_attempts >= lock_after, credentials.c.locked_at.is_(None))
-        .values(locked_at=now)
-    )
-    return result.rowcount == 1
 
 
 async def seed(store: Store, registry: Registry) -> None:
