@@ -7,7 +7,7 @@ import pytest
 
 from gateway.settings import Settings, SettingsError
 from gateway.upstream import UpstreamClient, upstream_http_client
-from gateway.upstream.auth import ClientCredentialsAuth, ForwardAuth
+from gateway.upstream.credentials import ClientCredentialsAuth, ForwardAuth
 
 pytestmark = pytest.mark.anyio
 

@@ -2,7 +2,8 @@
 
 - client.py:     `UpstreamClient` (the Backend) and the pooled httpx client it sends with.
 - responses.py:  what an upstream answer means, recognised from `gateway.domain.CAUSES` alone.
-- auth.py:       the Authorization header: the caller's, forwarded, or a service account's token.
+- credentials.py: the Authorization header, an httpx.Auth per call: the caller's, forwarded, or a
+                  service account's token.
 - resilience.py: connect-only retries, the concurrency limit and the circuit breaker.
 """
 

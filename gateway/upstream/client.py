@@ -23,7 +23,7 @@ from gateway import __version__
 from gateway.contract import ACCESS_CODE_PATH
 from gateway.domain import Attempt, Caller, Credentials, DeviceRef, InvalidInput, Readiness, Refusal, UpstreamFailure
 from gateway.settings import Settings
-from gateway.upstream.auth import ClientCredentialsAuth, ForwardAuth, UpstreamAuth
+from gateway.upstream.credentials import ClientCredentialsAuth, ForwardAuth, UpstreamAuth
 from gateway.upstream.resilience import (
     NOT_SENT,
     BreakerState,
@@ -194,16 +194,15 @@ class UpstreamClient:
         )
 
     async def _exchange(self, path: str, ref: DeviceRef, caller: Caller) -> Credentials:
-        authorization = await self.auth.authorize(caller)
-        answer = await self._send(path, ref, caller, authorization)
-        if answer.status == 401 and self.auth.renewable:
+        auth = self.auth.for_call(caller)
+        answer = await self._send(path, ref, caller, auth)
+        if answer.status == 401 and auth.renew():
             # The token was refused before anything happened upstream: one fresh token, one more send.
             log.info(
                 "upstream answered 401: renewing the service token and sending once more (request %s)",
                 caller.request_id,
             )
-            authorization = await self.auth.authorize(caller, rejected=authorization)
-            answer = await self._send(path, ref, caller, authorization)
+            answer = await self._send(path, ref, caller, auth)
         try:
             return read_answer(answer, now=self.now())
         except UpstreamFailure as failure:
@@ -215,17 +214,17 @@ class UpstreamClient:
             )
             raise
 
-    async def _send(self, path: str, ref: DeviceRef, caller: Caller, authorization: str | None) -> Answer:
+    async def _send(self, path: str, ref: DeviceRef, caller: Caller, auth: httpx.Auth) -> Answer:
         headers = {"Accept": "application/json", "X-Request-ID": caller.request_id}
-        if authorization:
-            headers["Authorization"] = authorization
         request = self.http.build_request("PUT", path, params={"mSubjectId": ref.m_subject_id}, headers=headers)
         started = time.perf_counter()
         try:
             # httpx's timeouts bound each connect, write and read; this bounds the call as a whole.
             with anyio.fail_after(self.total_timeout):
                 response = await self.retry.run(
-                    lambda: self.http.send(request, stream=True), what="upstream", request_id=caller.request_id
+                    lambda: self.http.send(request, stream=True, auth=auth),
+                    what="upstream",
+                    request_id=caller.request_id,
                 )
                 try:
                     body = await _read_body(response)

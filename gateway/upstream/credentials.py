@@ -1,4 +1,4 @@
-"""The Authorization header sent upstream, as `GATEWAY_UPSTREAM_AUTH` chooses.
+"""The Authorization header of upstream calls, as `GATEWAY_UPSTREAM_AUTH` chooses: an `httpx.Auth` per call.
 
 - `forward`: the caller's own header, as it came. The upstream checks the caller's rights
   (DeviceActionsPost, per study and mode); a 401 is the caller's to fix, so nothing is renewed.
@@ -6,6 +6,18 @@
   grant (RFC 6749 §4.4) at the token URL. The token is cached until shortly before it expires;
   however many requests need a new one, one refresh runs and the others wait for its result; a
   token the upstream rejects with 401 is replaced once (a 401 changed nothing upstream).
+
+`UpstreamClient` asks for one `CallAuth` per call (`for_call(caller)`) and sends with
+`http.send(request, auth=...)`; the token is fetched inside that send, by the auth flow. One per
+call, because the caller's header belongs to that call alone (never kept on shared state, nor put
+in request extensions, which travel on to the transport), and because the call's one renewal
+(`renew()`) must know which token was refused.
+
+Each flow sends once; the one resend after a 401 is `UpstreamClient`'s, beside its other rules
+about when a PUT may go out again. A flow that yielded the request a second time would leave httpx
+to read the refused answer whole, past the client's cap on answers, and to hold that answer's
+pooled connection while the flow waits for a new token (whose fetch needs a connection too); and a
+connect retry, which starts the flow afresh, would earn it a second renewal.
 
 Tokens and the client secret are kept out of reprs, messages and logs.
 """
@@ -16,15 +28,15 @@ import json
 import logging
 import re
 import time
+from collections.abc import AsyncGenerator, Generator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import anyio
 import httpx
 
-from gateway.domain import Caller
+from gateway.domain import Caller, UpstreamFailure
 from gateway.upstream.resilience import ConnectRetry, MonotonicClock
-from gateway.upstream.responses import UpstreamFailure
 
 log = logging.getLogger(__name__)
 
@@ -35,24 +47,38 @@ TOKEN_REFRESH_MARGIN_SECONDS = 60
 _TOKEN68 = re.compile(r"[\x21-\x7e]{1,8192}")
 
 
+class CallAuth(httpx.Auth):
+    """The `httpx.Auth` of one upstream call: it puts the Authorization header on each send."""
+
+    def renew(self) -> bool:
+        """After a 401: True when one more send may cure it (that send then carries a fresh token)."""
+        return False
+
+
 class UpstreamAuth(Protocol):
-    """Where the upstream call's Authorization header comes from."""
+    """Where the upstream calls' Authorization header comes from."""
 
-    renewable: bool
-    """True when a 401 may be cured by `authorize(caller, rejected=...)` and one more send."""
-
-    async def authorize(self, caller: Caller, *, rejected: str | None = None) -> str | None:
-        """The header value for a call on `caller`'s behalf; `rejected` is one the upstream just refused."""
+    def for_call(self, caller: Caller) -> CallAuth:
+        """The `httpx.Auth` for one call on `caller`'s behalf (its connect retries included)."""
         ...
 
 
-class ForwardAuth:
-    """The caller's Authorization header, forwarded unchanged (absent stays absent)."""
+class ForwardAuth(CallAuth):
+    """The caller's Authorization header, forwarded unchanged (absent stays absent); a 401 is theirs."""
 
-    renewable = False
+    def __init__(self, authorization: str | None = None) -> None:
+        self._authorization = authorization
 
-    async def authorize(self, caller: Caller, *, rejected: str | None = None) -> str | None:
-        return caller.authorization
+    def __repr__(self) -> str:
+        return "ForwardAuth()"
+
+    def for_call(self, caller: Caller) -> ForwardAuth:
+        return ForwardAuth(caller.authorization)
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        if self._authorization:
+            request.headers["Authorization"] = self._authorization
+        yield request
 
 
 @dataclass(frozen=True)
@@ -71,9 +97,10 @@ class _Refresh:
 
 
 class ClientCredentialsAuth:
-    """A cached service-account token from the OAuth2 client-credentials grant."""
+    """A service account's token from the OAuth2 client-credentials grant, cached for every call.
 
-    renewable = True
+    Each call gets a `ServiceTokenAuth` (`for_call`) that takes the token from here.
+    """
 
     def __init__(
         self,
@@ -98,26 +125,33 @@ class ClientCredentialsAuth:
     def __repr__(self) -> str:
         return f"ClientCredentialsAuth(token_url={self._token_url!r})"
 
-    async def authorize(self, caller: Caller, *, rejected: str | None = None) -> str:
-        if rejected is not None and self._token is not None and self._token.header == rejected:
-            self._token = None  # refused upstream: whoever asks next fetches a new one, once, for all
+    def for_call(self, caller: Caller) -> ServiceTokenAuth:
+        return ServiceTokenAuth(self, caller.request_id)
+
+    def reject(self, header: str) -> None:
+        """The upstream refused `header` with 401: whoever asks next fetches a new one, once, for all."""
+        if self._token is not None and self._token.header == header:
+            self._token = None
+
+    async def token(self, request_id: str) -> str:
+        """The Authorization header's value: the cached token, or a fresh one (one fetch at a time)."""
         while True:
             token = self._token
             if token is not None and self._clock() < token.refresh_at:
                 return token.header
             refresh = self._refresh
             if refresh is None:
-                return await self._lead_refresh(caller)
+                return await self._lead_refresh(request_id)
             await refresh.done.wait()
             if refresh.failure is not None:
                 # The waiters share the leader's failure rather than each trying a failing endpoint.
                 raise UpstreamFailure(refresh.failure.reason)
             # Success: the loop finds the new token. Leader cancelled: the loop elects a new leader.
 
-    async def _lead_refresh(self, caller: Caller) -> str:
+    async def _lead_refresh(self, request_id: str) -> str:
         refresh = self._refresh = _Refresh()
         try:
-            self._token = await self._fetch(caller)
+            self._token = await self._fetch(request_id)
             return self._token.header
         except UpstreamFailure as failure:
             refresh.failure = failure
@@ -126,7 +160,7 @@ class ClientCredentialsAuth:
             self._refresh = None
             refresh.done.set()
 
-    async def _fetch(self, caller: Caller) -> _Token:
+    async def _fetch(self, request_id: str) -> _Token:
         data = {"grant_type": "client_credentials"}
         if self._scope:
             data["scope"] = self._scope
@@ -134,29 +168,29 @@ class ClientCredentialsAuth:
             "POST",
             self._token_url,
             data=data,
-            headers={"Accept": "application/json", "X-Request-ID": caller.request_id},
+            headers={"Accept": "application/json", "X-Request-ID": request_id},
         )
         try:
             response = await self._retry.run(
                 lambda: self._http.send(request, auth=self._credentials),
                 what="token endpoint",
-                request_id=caller.request_id,
+                request_id=request_id,
             )
         except httpx.HTTPError as error:
-            log.error("token endpoint unreachable (%s) (request %s)", type(error).__name__, caller.request_id)
+            log.error("token endpoint unreachable (%s) (request %s)", type(error).__name__, request_id)
             raise UpstreamFailure("token endpoint unreachable") from None
         if response.status_code != 200:
             log.error(
                 "token endpoint answered HTTP %d; check the GATEWAY_UPSTREAM_CLIENT_* settings (request %s)",
                 response.status_code,
-                caller.request_id,
+                request_id,
             )
             raise UpstreamFailure(f"token endpoint answered HTTP {response.status_code}")
         token = self._read_token(response.content)
         if token is None:
-            log.error("token endpoint sent an unusable token response (request %s)", caller.request_id)
+            log.error("token endpoint sent an unusable token response (request %s)", request_id)
             raise UpstreamFailure("token endpoint sent an unusable token response")
-        log.info("fetched a service token for the upstream (request %s)", caller.request_id)
+        log.info("fetched a service token for the upstream (request %s)", request_id)
         return token
 
     def _read_token(self, body: bytes) -> _Token | None:
@@ -175,6 +209,35 @@ class ClientCredentialsAuth:
         lifetime = _seconds(document.get("expires_in"))
         margin = min(TOKEN_REFRESH_MARGIN_SECONDS, lifetime / 2)
         return _Token(header=f"Bearer {value}", refresh_at=self._clock() + lifetime - margin)
+
+
+class ServiceTokenAuth(CallAuth):
+    """One call's `httpx.Auth` in client-credentials mode: the service account's cached token on each
+    send; after a 401, `renew()` drops that token, once, so that the one more send carries a fresh one."""
+
+    def __init__(self, tokens: ClientCredentialsAuth, request_id: str) -> None:
+        self._tokens = tokens
+        self._request_id = request_id
+        self._sent: str | None = None
+        self._renewed = False
+
+    def __repr__(self) -> str:
+        return f"ServiceTokenAuth(request_id={self._request_id!r})"
+
+    def sync_auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        raise RuntimeError("the service token is fetched asynchronously: send with an httpx.AsyncClient")
+
+    async def async_auth_flow(self, request: httpx.Request) -> AsyncGenerator[httpx.Request, httpx.Response]:
+        self._sent = await self._tokens.token(self._request_id)
+        request.headers["Authorization"] = self._sent
+        yield request
+
+    def renew(self) -> bool:
+        if self._renewed or self._sent is None:
+            return False
+        self._renewed = True
+        self._tokens.reject(self._sent)
+        return True
 
 
 def _seconds(value: object) -> float:
