@@ -6,11 +6,7 @@ the data folder; `gateway token` signs with the same secret (`mint_token`), and 
 
 from __future__ import annotations
 
-import contextlib
-import logging
-import os
 import secrets
-import tempfile
 import time
 from collections.abc import Collection, Mapping
 from pathlib import Path
@@ -18,34 +14,17 @@ from pathlib import Path
 import jwt
 
 from gateway.domain import DEVICE_ACTIONS_POST, InvalidInput, StudyMode, parse_guid
+from gateway.keyfiles import private_file
 from gateway.settings import Settings
-
-log = logging.getLogger(__name__)
 
 DEV_SECRET_FILE = "auth-dev-secret"  # noqa: S105 - a file name, not a secret
 """The development HS256 secret's file in the data folder (mode 0600, made on first use)."""
 
 
 def development_secret(data_dir: str | Path) -> bytes:
-    """The development HS256 secret in `data_dir`, made (random, mode 0600) on first use.
-
-    Made in a temporary file and linked into place, so that two processes starting at once end
-    up with the same secret and nobody reads a half-written one.
-    """
-    folder = Path(data_dir)
-    path = folder / DEV_SECRET_FILE
-    if not path.exists():
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, temporary = tempfile.mkstemp(dir=folder, prefix=".auth-dev-secret-")  # mode 0600
-        try:
-            with os.fdopen(fd, "w", encoding="ascii") as file:
-                file.write(secrets.token_urlsafe(48) + "\n")
-            with contextlib.suppress(FileExistsError):  # another process made it first: use theirs
-                os.link(temporary, path)
-        finally:
-            os.unlink(temporary)
-    if os.name == "posix" and path.stat().st_mode & 0o077:
-        log.warning("%s is readable by other users: chmod 600 it (anyone who reads it can sign tokens)", path)
+    """The development HS256 secret in `data_dir`, made (random, mode 0600) on first use
+    (`gateway.keyfiles.private_file`: two processes starting at once end up with the same one)."""
+    path = private_file(Path(data_dir) / DEV_SECRET_FILE, lambda: secrets.token_urlsafe(48))
     secret = path.read_text(encoding="ascii").strip()
     if len(secret) < 32:
         raise ValueError(f"{path} holds a secret shorter than 32 characters: delete it to make a new one")
