@@ -27,7 +27,7 @@ from gateway.domain import Backend, utc_now
 from gateway.engine import tables
 from gateway.engine.engine import CredentialEngine
 from gateway.engine.otp import KdfPool
-from gateway.http import BodySizeLimitMiddleware, RequestIdMiddleware
+from gateway.http import BodySizeLimitMiddleware, HeaderSizeLimitMiddleware, RequestIdMiddleware
 from gateway.rate_limits import RateLimiter
 from gateway.regeneration import Policy, RegenerationService
 from gateway.settings import Settings
@@ -89,10 +89,11 @@ def create_app(settings: Settings, *, backend: Backend | None = None) -> Starlet
         *device.routes,
     ]
     app = Starlette(routes=routes, lifespan=lifespan)
-    # Outermost last: request id, then the body-size limit, then bearer authentication.
+    # Outermost last: request id, then the header and body-size limits, then bearer authentication.
     bearer_tokens = BearerTokenBackend(enabled=not settings.insecure_disable_auth)
     app.add_middleware(AuthenticationMiddleware, backend=bearer_tokens, on_error=refuse)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(HeaderSizeLimitMiddleware, max_bytes=settings.max_header_bytes)
     app.add_middleware(RequestIdMiddleware)
     return app
 

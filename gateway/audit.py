@@ -198,8 +198,13 @@ KEY_BYTES = 32
 
 
 def audit_key(settings: Settings) -> bytes:
-    """The trail's MAC key: `GATEWAY_AUDIT_KEY_FILE`, else (not in production: the settings refuse
-    that) a random key made once in the data folder, mode 0600."""
+    """The trail's MAC key: `GATEWAY_AUDIT_KEY_FILE`, else (refused in production) a random key
+    made once in the data folder, mode 0600. Raises `SettingsError` naming the variable."""
+    if settings.production and not settings.audit_key_file:
+        raise SettingsError(
+            "GATEWAY_AUDIT_KEY_FILE is required when GATEWAY_PRODUCTION=true: the audit trail's MAC key "
+            "must be kept outside the database and its data folder"
+        )
     path = Path(settings.audit_key_file) if settings.audit_key_file else Path(settings.data_dir) / KEY_FILE
     if not settings.audit_key_file:
         private_file(path, lambda: secrets.token_hex(KEY_BYTES))

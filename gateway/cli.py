@@ -65,6 +65,7 @@ def serve(settings: Settings, workers: int) -> int:
     from gateway.app import configure_logging
 
     configure_logging(settings)
+    audit_key(settings)  # a missing or unreadable key stops here, in one line, before any worker starts
     if settings.backend == "local":
         # Create the tables and load the demo data here, once, before any worker starts.
         loaded = settings.demo_data and asyncio.run(_seed(settings, load_registry(DEMO_REGISTRY), only_if_empty=True))
@@ -84,6 +85,7 @@ def serve(settings: Settings, workers: int) -> int:
         port=settings.port,
         workers=workers,
         log_level=settings.log_level,
+        h11_max_incomplete_event_size=settings.max_header_bytes,
     )
     return 0
 

