@@ -6,7 +6,7 @@ services wrap results in an `ORSResponse`, so both are read), and an `ORSRespons
 
 - written: the REST face answers with `credentials_body` and `refusal_body`; the tests' upstream
   doubles answer with `credentials_body`, `wrapped` and `error_body`;
-- read: `gateway.upstream.responses` decodes an upstream body with `decode` and reads it with
+- read: `gateway.upstream.answers` decodes an upstream body with `decode` and reads it with
   `read_success` and `read_error`, which only say what the body holds; what it *means* (a cause,
   an upstream failure) is the answer reader's to decide.
 
@@ -93,7 +93,7 @@ def refusal_body(refusal: Refusal) -> ORSResponse:
 
 
 # ---------------------------------------------------------------------------------------------
-# Read: an upstream's answer, leniently; recognising what it means is `gateway.upstream.responses`'s job.
+# Read: an upstream's answer, leniently; recognising what it means is `gateway.upstream.answers`'s job.
 
 
 def decode(body: bytes) -> object:

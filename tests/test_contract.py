@@ -1,7 +1,7 @@
 """The wire contract both ways: what the REST face writes, the upstream client reads as the same answer.
 
 A gateway in upstream mode may sit in front of another gateway's REST face, so the bodies
-`gateway.contract` builds from a refusal must be recognised by `gateway.upstream.responses` as
+`gateway.contract` builds from a refusal must be recognised by `gateway.upstream.answers` as
 that refusal, facts included.
 """
 
@@ -15,7 +15,7 @@ import pytest
 
 from gateway import contract
 from gateway.domain import CAUSES, Cause, Credentials, ErrorCode, InvalidInput, RateLimited, Refusal
-from gateway.upstream.responses import Answer, read_answer
+from gateway.upstream.answers import Answer, read_answer
 
 NOW = datetime(2026, 3, 1, 9, 30, 0, tzinfo=UTC)
 

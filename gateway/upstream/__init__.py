@@ -1,7 +1,8 @@
 """Upstream mode: the `Backend` that serves regenerations by calling Clinical One's REST endpoint.
 
 - client.py:     `UpstreamClient` (the Backend) and the pooled httpx client it sends with.
-- responses.py:  what an upstream answer means, recognised from `gateway.domain.CAUSES` alone.
+- answers.py:    what an upstream answer means (read through `gateway.contract`), recognised from
+                 `gateway.domain.CAUSES` alone.
 - credentials.py: the Authorization header, an httpx.Auth per call: the caller's, forwarded, or a
                   service account's token.
 - resilience.py: connect-only retries, the concurrency limit and the circuit breaker.

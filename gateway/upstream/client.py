@@ -3,7 +3,7 @@
 One call, one PUT: the request is built from the validated `DeviceRef` (each path segment
 percent-encoded, `mSubjectId` as an encoded query parameter), sent through the breaker and the
 concurrency limit, retried only when the connection could not be made, and its answer read by
-`responses.read_answer`. With a service account, a 401 gets one fresh token and one more send.
+`answers.read_answer`. With a service account, a 401 gets one fresh token and one more send.
 Each call is logged with the caller's request id, which also goes upstream as `X-Request-ID`.
 """
 
@@ -23,6 +23,7 @@ from gateway import __version__
 from gateway.contract import ACCESS_CODE_PATH
 from gateway.domain import Attempt, Caller, Credentials, DeviceRef, InvalidInput, Readiness, Refusal, UpstreamFailure
 from gateway.settings import Settings
+from gateway.upstream.answers import MAX_BODY_BYTES, Answer, read_answer
 from gateway.upstream.credentials import ClientCredentialsAuth, ForwardAuth, UpstreamAuth
 from gateway.upstream.resilience import (
     NOT_SENT,
@@ -34,7 +35,6 @@ from gateway.upstream.resilience import (
     Outcome,
     Sleep,
 )
-from gateway.upstream.responses import MAX_BODY_BYTES, Answer, read_answer
 from gateway.upstream.transport import AiohttpTransport
 
 log = logging.getLogger(__name__)

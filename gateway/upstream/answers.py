@@ -30,8 +30,6 @@ from gateway.domain import (
     UpstreamFailure,
 )
 
-__all__ = ["UpstreamFailure"]  # re-exported for upstream/auth.py until it moves (issue 8, item 2)
-
 MAX_BODY_BYTES = 1 << 20
 """A larger answer is not an access-code response; it is refused unread rather than buffered."""
 DEFAULT_RETRY_AFTER_SECONDS = 1

@@ -26,7 +26,7 @@ from gateway.domain import (
     UpstreamFailure,
 )
 from gateway.upstream import UpstreamClient
-from gateway.upstream.responses import (
+from gateway.upstream.answers import (
     DEFAULT_RETRY_AFTER_SECONDS,
     MAX_RETRY_AFTER_SECONDS,
     Answer,
