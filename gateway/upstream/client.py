@@ -24,6 +24,7 @@ from gateway.contract import ACCESS_CODE_PATH
 from gateway.domain import Attempt, Caller, Credentials, DeviceRef, InvalidInput, Readiness, Refusal, UpstreamFailure
 from gateway.settings import Settings
 from gateway.upstream.answers import MAX_BODY_BYTES, Answer, read_answer
+from gateway.upstream.bodies import ACCEPT_ENCODING, read_capped
 from gateway.upstream.credentials import ClientCredentialsAuth, ForwardAuth, UpstreamAuth
 from gateway.upstream.resilience import (
     NOT_SENT,
@@ -215,7 +216,7 @@ class UpstreamClient:
             raise
 
     async def _send(self, path: str, ref: DeviceRef, caller: Caller, auth: httpx.Auth) -> Answer:
-        headers = {"Accept": "application/json", "X-Request-ID": caller.request_id}
+        headers = {"Accept": "application/json", "Accept-Encoding": ACCEPT_ENCODING, "X-Request-ID": caller.request_id}
         request = self.http.build_request("PUT", path, params={"mSubjectId": ref.m_subject_id}, headers=headers)
         started = time.perf_counter()
         try:
@@ -227,7 +228,7 @@ class UpstreamClient:
                     request_id=caller.request_id,
                 )
                 try:
-                    body = await _read_body(response)
+                    body = await read_capped(response, MAX_BODY_BYTES)
                 finally:
                     await response.aclose()
         except TimeoutError:
@@ -253,12 +254,3 @@ class UpstreamClient:
             caller.request_id,
         )
         return Answer(status=response.status_code, headers=response.headers, body=body)
-
-
-async def _read_body(response: httpx.Response) -> bytes:
-    body = bytearray()
-    async for chunk in response.aiter_bytes():
-        body += chunk
-        if len(body) > MAX_BODY_BYTES:
-            raise UpstreamFailure(f"HTTP {response.status_code} with a body over {MAX_BODY_BYTES} bytes")
-    return bytes(body)
