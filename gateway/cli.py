@@ -11,6 +11,8 @@ from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from gateway import __version__
 from gateway.audit import OUTCOME_UNKNOWN, AuditTrail, Head, audit_key
 from gateway.auth import development_token, serve_hint
@@ -107,29 +109,38 @@ async def audit(settings: Settings, action: str, output: Path | None = None, exp
         raise SettingsError(f"--expect-head: {error}") from None
     store = await Store.open(settings.store_url, schema=settings.database_schema, create=False)
     try:
-        trail = AuditTrail(store, audit_key(settings))
-        if action == "head":
-            print(await trail.head())
-            return 0
-        if action == "export":
-            with output.open("w", encoding="utf-8") if output else nullcontext(sys.stdout) as sink:
-                await trail.export(sink)
-            return 0
-        verdict = await trail.verify(head)
-        if verdict.problem is not None:
-            print(f"audit trail BROKEN at row {verdict.broken_at}: {verdict.problem}", file=sys.stderr)
-            return 1
-        print(f"audit trail intact: {verdict.rows} rows" + (f", reaching the recorded head {head}" if head else ""))
-        unknown = verdict.unknown_outcomes
-        if unknown:
-            rows = ", ".join(str(seq) for seq in unknown[:20]) + (", …" if len(unknown) > 20 else "")
-            print(
-                f"{len(unknown)} attempts with {OUTCOME_UNKNOWN}: an upstream call began and its outcome "
-                f"was never recorded (rows {rows})"
-            )
-        return 0
+        return await _audit(AuditTrail(store, audit_key(settings)), action, output, head)
+    except SQLAlchemyError as error:
+        cause = str(getattr(error, "orig", error)).splitlines()[0][:200]
+        raise SettingsError(
+            f"GATEWAY_DATABASE_URL / GATEWAY_DATABASE_SCHEMA: cannot read the audit trail there ({cause})"
+        ) from None
     finally:
         await store.close()
+
+
+async def _audit(trail: AuditTrail, action: str, output: Path | None, head: Head | None) -> int:
+    """`gateway audit head|export|verify` on an open trail."""
+    if action == "head":
+        print(await trail.head())
+        return 0
+    if action == "export":
+        with output.open("w", encoding="utf-8") if output else nullcontext(sys.stdout) as sink:
+            await trail.export(sink)
+        return 0
+    verdict = await trail.verify(head)
+    if verdict.problem is not None:
+        print(f"audit trail BROKEN at row {verdict.broken_at}: {verdict.problem}", file=sys.stderr)
+        return 1
+    print(f"audit trail intact: {verdict.rows} rows" + (f", reaching the recorded head {head}" if head else ""))
+    unknown = verdict.unknown_outcomes
+    if unknown:
+        rows = ", ".join(str(seq) for seq in unknown[:20]) + (", …" if len(unknown) > 20 else "")
+        print(
+            f"{len(unknown)} attempts with {OUTCOME_UNKNOWN}: an upstream call began and its outcome "
+            f"was never recorded (rows {rows})"
+        )
+    return 0
 
 
 def token(settings: Settings, study: str, mode: str, ttl: int, subject: str) -> int:

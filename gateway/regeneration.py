@@ -175,7 +175,8 @@ class RegenerationAttempt:
         who = caller.principal.subject if caller.principal else "anonymous"
         policy = service.policy
         self.limits = (
-            (policy.device_limit, f"{ref.study_id}/{ref.mode.value}/{ref.inventory_id}"),
+            # Case folded: spelling variants of one inventory ID share one budget (see the README).
+            (policy.device_limit, f"{ref.study_id}/{ref.mode.value}/{ref.inventory_id.upper()}"),
             (policy.caller_limit, who),
         )
 

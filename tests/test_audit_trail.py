@@ -28,7 +28,7 @@ from gateway.audit import GENESIS, KEY_FILE, AuditEvent, AuditTrail, Head, audit
 from gateway.domain import utc_now
 from gateway.settings import Settings, SettingsError
 from gateway.store import Store, UnitOfWork
-from tests.conftest import ALL_TABLES, TEST_AUDIT_KEY, Database, rest_path
+from tests.conftest import ALL_TABLES, POSTGRES_URL, TEST_AUDIT_KEY, Database, rest_path
 from tests.utils import run_server
 
 pytestmark = pytest.mark.anyio
@@ -193,3 +193,20 @@ def test_the_cli_prints_the_head_and_checks_it(tmp_path: Path) -> None:
     assert refused.returncode == 2
     assert refused.stderr.count("\n") == 1
     assert "--expect-head" in refused.stderr
+
+
+def test_the_cli_names_a_store_without_an_audit_trail_in_one_line(tmp_path: Path) -> None:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    env = {
+        **base,
+        "GATEWAY_ENV_FILE": "",
+        "GATEWAY_DATA_DIR": str(tmp_path / "data"),
+        "GATEWAY_DATABASE_URL": POSTGRES_URL,
+        "GATEWAY_DATABASE_SCHEMA": "no_such_schema_here",
+    }
+    for action in ("verify", "head", "export"):
+        command = [sys.executable, "-m", "gateway", "audit", action]
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60, check=False)
+        assert done.returncode == 2
+        assert done.stderr.count("\n") == 1, done.stderr
+        assert "GATEWAY_DATABASE_SCHEMA" in done.stderr

@@ -68,3 +68,13 @@ async def test_oversized_headers_are_431_before_any_work(gateway: httpx.AsyncCli
     assert response.status_code == 431
     assert response.headers["x-request-id"]
     assert (await gateway.get("/healthz", headers={"X-Padding": "a" * 1024})).status_code == 200
+
+
+async def test_a_graphql_answer_is_never_cached_and_json_is_json_in_any_case(gateway: httpx.AsyncClient) -> None:
+    query = b'{"query": "{ gateway { version } }"}'
+    for content_type in ("application/json", "Application/JSON", "application/JSON; charset=utf-8"):
+        response = await gateway.post("/graphql", content=query, headers={"content-type": content_type})
+        assert response.status_code == 200, response.text
+        assert response.headers["cache-control"] == "no-store"
+    refused = await gateway.post("/graphql", content=query, headers={"content-type": "text/plain"})
+    assert (refused.status_code, refused.headers["cache-control"]) == (415, "no-store")

@@ -255,3 +255,28 @@ async def test_tampering_is_found(store: Store, engine: CredentialEngine, clock:
     assert (await trail.verify()).broken == (2, "row 1 is missing (found 2)")
     async with store.engine.connect() as conn:
         assert (await conn.execute(select(func.count()).select_from(audit_events))).scalar_one() == 2
+
+
+async def test_spelling_variants_of_one_inventory_id_share_one_device_budget(store: Store, clock: Clock) -> None:
+    class Upstream:
+        """An upstream-like backend: it takes the inventory ID as sent, so `demo-ready-01` is a spelling of it."""
+
+        name = "upstream"
+
+        async def readiness(self) -> Readiness:
+            return Readiness(True)
+
+        async def regenerate(self, ref: DeviceRef, caller: Caller, attempt: Attempt) -> Credentials:
+            await attempt.begin()
+            return Credentials(access_id="ABC234", otp="ABCD2345", device_id="F" * 32, expires_at=None)
+
+    policy = Policy(
+        require_principal=True,
+        device_limit=Limit("device", 2, timedelta(minutes=15)),
+        caller_limit=Limit("caller", 100, timedelta(minutes=15)),
+    )
+    svc = RegenerationService(Upstream(), AuditTrail(store, TEST_AUDIT_KEY), RateLimiter(store, clock), policy, clock)
+    await svc.regenerate(request(inventory_id="DEMO-READY-01"), caller())
+    await svc.regenerate(request(inventory_id="demo-ready-01"), caller())
+    limited = await refusal(svc, request(inventory_id="Demo-Ready-01"), caller())
+    assert limited.code is ErrorCode.RATE_LIMITED

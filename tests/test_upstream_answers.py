@@ -206,3 +206,12 @@ async def test_an_odd_content_encoding_is_an_upstream_failure() -> None:
         with pytest.raises(Refusal) as caught:
             await client.regenerate(ref, Caller(request_id="req-odd"))
     assert caught.value.code is ErrorCode.UPSTREAM_UNAVAILABLE
+
+
+@pytest.mark.parametrize("status", [301, 302, 307, 308])
+def test_a_redirect_with_no_body_is_unrecognized_not_unavailable(status: int) -> None:
+    """An answer, not a failure: it does not count toward the breaker, and it reads as the README says."""
+    answer = Answer(status=status, headers=httpx.Headers({"Location": "https://elsewhere.example/"}), body=b"")
+    with pytest.raises(UnrecognizedUpstream) as refused:
+        read_answer(answer, now=datetime.now(UTC))
+    assert (refused.value.upstream_status, refused.value.upstream_code) == (status, None)

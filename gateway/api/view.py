@@ -36,6 +36,11 @@ IDE_HEADERS_TEMPLATE = "{\n  \"Authorization\": \"Bearer paste-the-output-of: ga
 _IDE_ANCHOR = "isHeadersEditorEnabled: true,"
 
 
+def _with_content_type(scope: Scope, content_type: str) -> Scope:
+    headers = [(name, value) for name, value in scope["headers"] if name != b"content-type"]
+    return {**scope, "headers": [*headers, (b"content-type", content_type.encode("latin-1"))]}
+
+
 def request_error(status: int, message: str) -> JSONResponse:
     """A request the gateway will not execute, as GraphQL-over-HTTP describes it: `errors` only."""
     return JSONResponse({"errors": [{"message": message}]}, status_code=status, headers={"Cache-Control": "no-store"})
@@ -83,10 +88,14 @@ class GraphQLView(GraphQL[Context, None]):
         if scope["method"] == "POST" and media_type != "application/json":
             response: Response = request_error(415, "GraphQL requests must be POSTed as application/json")
         else:
+            if media_type == "application/json":  # media types are case-insensitive; Strawberry's check is not
+                scope = _with_content_type(scope, "application/json")
             try:
                 response = await self.run(Request(scope=scope, receive=receive))
             except HTTPException as error:
                 response = request_error(error.status_code, error.reason)
+        # A result may carry an OTP: no cache (the browser's, a proxy's) may keep it.
+        response.headers["Cache-Control"] = "no-store"
         await response(scope, receive, send)
 
     def decode_json(self, data: str | bytes) -> object:

@@ -100,6 +100,9 @@ def read_answer(answer: Answer, *, now: datetime) -> Credentials:
         raise RateLimited(_retry_after(answer, now))
     if status in (502, 503, 504):
         raise UpstreamFailure(f"HTTP {status}")
+    if 300 <= status < 400:
+        # A redirect (often with no body): the upstream answered, with something no member means.
+        raise UnrecognizedUpstream(status, None)
     try:
         document = contract.decode(answer.body)
     except ValueError:
