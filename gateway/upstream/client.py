@@ -12,8 +12,6 @@ from __future__ import annotations
 import logging
 import ssl
 import time
-from collections.abc import Callable
-from datetime import UTC, datetime
 from urllib.parse import quote
 
 import anyio
@@ -21,7 +19,18 @@ import httpx
 
 from gateway import __version__
 from gateway.contract import ACCESS_CODE_PATH
-from gateway.domain import Attempt, Caller, Credentials, DeviceRef, InvalidInput, Readiness, Refusal, UpstreamFailure
+from gateway.domain import (
+    Attempt,
+    Caller,
+    Clock,
+    Credentials,
+    DeviceRef,
+    InvalidInput,
+    Readiness,
+    Refusal,
+    UpstreamFailure,
+    utc_now,
+)
 from gateway.settings import Settings
 from gateway.upstream.answers import MAX_BODY_BYTES, Answer, read_answer
 from gateway.upstream.bodies import ACCEPT_ENCODING, read_capped
@@ -39,12 +48,6 @@ from gateway.upstream.resilience import (
 from gateway.upstream.transport import AiohttpTransport
 
 log = logging.getLogger(__name__)
-
-WallClock = Callable[[], datetime]
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 def upstream_http_client(settings: Settings) -> httpx.AsyncClient:
@@ -115,7 +118,7 @@ class UpstreamClient:
         limit: ConcurrencyLimit,
         breaker: CircuitBreaker,
         total_timeout: float = 150.0,
-        now: WallClock = utc_now,
+        now: Clock = utc_now,
     ) -> None:
         self.http = http
         self.total_timeout = total_timeout
@@ -132,7 +135,7 @@ class UpstreamClient:
         http: httpx.AsyncClient,
         *,
         clock: MonotonicClock = time.monotonic,
-        now: WallClock = utc_now,
+        now: Clock = utc_now,
         sleep: Sleep = anyio.sleep,
     ) -> UpstreamClient:
         """The client the settings describe, over `http` (from `upstream_http_client`, owned by the caller)."""
