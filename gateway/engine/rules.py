@@ -9,18 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from gateway.domain import DeviceRef, ErrorCode
-from gateway.engine.registry import ConnectionType
-
-
-@dataclass(frozen=True)
-class DeviceRecord:
-    """What the registry says of a device."""
-
-    instance_id: str
-    connection_type: ConnectionType | None
-    vendor_code: str | None
-    registered: bool
-    dispensed_to: str | None
+from gateway.engine.registry import ConnectionType, Device
 
 
 @dataclass(frozen=True)
@@ -31,8 +20,8 @@ class DeviceFacts:
     mhealth_configured: bool
     subject_m_subject_id: str | None
     """The subject's mHealth id, or None when the subject is unknown in the study and mode."""
-    device: DeviceRecord | None
-    """None when the device is unknown in the study and mode."""
+    device: Device | None
+    """The registry's entry for the device; None when it is unknown in the study and mode."""
 
 
 def judge(ref: DeviceRef, facts: DeviceFacts) -> ErrorCode | None:

@@ -32,8 +32,8 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from gateway.domain import DeviceRef, StudyMode
-from gateway.engine.registry import ConnectionType, Registry, RegistryError
-from gateway.engine.rules import DeviceFacts, DeviceRecord
+from gateway.engine.registry import ConnectionType, Device, Registry, RegistryError
+from gateway.engine.rules import DeviceFacts
 from gateway.store import Store, UTCDateTime, metadata
 
 _mode = Enum(StudyMode, name="study_mode", values_callable=lambda e: [m.value for m in e], native_enum=False)
@@ -163,7 +163,10 @@ def facts(conn: Connection, ref: DeviceRef, *, lock: bool = False) -> DeviceFact
         return DeviceFacts(study_mode_known=False, mhealth_configured=False, subject_m_subject_id=None, device=None)
     device = None
     if row.instance_id is not None:
-        device = DeviceRecord(
+        device = Device(
+            inventory_id=ref.inventory_id,
+            study_id=ref.study_id,
+            mode=ref.mode,
             instance_id=row.instance_id,
             connection_type=row.connection_type,
             vendor_code=row.vendor_code,
