@@ -42,13 +42,13 @@ async def open_backend(settings: Settings, store: Store, resources: AsyncExitSta
     """The backend the settings choose. What it opens (the upstream's HTTP client) goes on
     `resources`, which the lifespan closes."""
     if settings.backend == "upstream":
-        http = await resources.enter_async_context(upstream_http_client(settings))
-        return UpstreamClient.from_settings(settings, http)
+        http = await resources.enter_async_context(upstream_http_client(settings.upstream))
+        return UpstreamClient.from_settings(settings.upstream, http)
     return CredentialEngine(
         store,
         otp_ttl=timedelta(seconds=settings.otp_ttl_seconds),
         kdf_cost=settings.kdf_cost,
-        lockout_after=settings.bootstrap_lockout_attempts,
+        lockout_after=settings.rate_limits.bootstrap_lockout_attempts,
         kdf=KdfPool(settings.kdf_workers),
     )
 
@@ -66,7 +66,7 @@ def create_app(settings: Settings, *, backend: Backend | None = None) -> Starlet
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[AppState]:
         async with AsyncExitStack() as resources:
-            authenticator = await open_authenticator(settings, resources)
+            authenticator = await open_authenticator(settings.auth, settings.data_dir, resources)
             # The store serves every backend: the engine's registry, and the audit trail and rate limits.
             store = await Store.open(settings.store_url, schema=settings.database_schema, tables=store_tables(settings))
             resources.push_async_callback(store.close)
@@ -77,11 +77,16 @@ def create_app(settings: Settings, *, backend: Backend | None = None) -> Starlet
                 settings=settings,
                 authenticator=authenticator,
                 backend=chosen,
-                device=DeviceBootstrap.from_settings(settings, local, trail) if local else None,
-                service=RegenerationService(chosen, trail, RateLimiter(store, utc_now), Policy.from_settings(settings)),
+                device=DeviceBootstrap.from_settings(settings.rate_limits, local, trail) if local else None,
+                service=RegenerationService(chosen, trail, RateLimiter(store, utc_now), policy),
             )
 
-    graphql = GraphQLView(build_schema(settings), settings=settings)
+    policy = Policy.from_settings(settings.rate_limits, require_principal=not settings.auth.insecure_disable_auth)
+    graphql = GraphQLView(
+        build_schema(settings.graphql, production=settings.production),
+        settings=settings.graphql,
+        production=settings.production,
+    )
     routes = [
         Route("/graphql", graphql, methods=["GET", "POST"]),
         *health.routes,
@@ -90,10 +95,10 @@ def create_app(settings: Settings, *, backend: Backend | None = None) -> Starlet
     ]
     app = Starlette(routes=routes, lifespan=lifespan)
     # Outermost last: request id, then the header and body-size limits, then bearer authentication.
-    bearer_tokens = BearerTokenBackend(enabled=not settings.insecure_disable_auth)
+    bearer_tokens = BearerTokenBackend(enabled=not settings.auth.insecure_disable_auth)
     app.add_middleware(AuthenticationMiddleware, backend=bearer_tokens, on_error=refuse)
-    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
-    app.add_middleware(HeaderSizeLimitMiddleware, max_bytes=settings.max_header_bytes)
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.http.max_body_bytes)
+    app.add_middleware(HeaderSizeLimitMiddleware, max_bytes=settings.http.max_header_bytes)
     app.add_middleware(RequestIdMiddleware)
     return app
 

@@ -8,7 +8,6 @@ import json
 import sys
 from collections.abc import Sequence
 from contextlib import nullcontext
-from dataclasses import replace
 from pathlib import Path
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -73,21 +72,21 @@ def serve(settings: Settings, workers: int) -> int:
         loaded = settings.demo_data and asyncio.run(_seed(settings, load_registry(DEMO_REGISTRY), only_if_empty=True))
         where = settings.database_url or settings.store_url
         print(f"Local credential engine, store: {where}" + (" (demo data loaded)" if loaded else ""))
-    base = f"http://{settings.host}:{settings.port}"
+    base = f"http://{settings.http.host}:{settings.http.port}"
     ide = "GraphQL (GraphiQL off in production)" if settings.production else "GraphiQL"
     print(f"{ide}: {base}/graphql    REST: {base}/ec-ors-svc/rest/v1.0/…    health: {base}/healthz")
-    print(serve_hint(settings, _command()))
+    print(serve_hint(settings.auth, _command()))
     if settings.backend == "local" and settings.demo_data:
         print("Paste this into GraphiQL (the demo data set answers it):\n")
         print(SAMPLE_MUTATION + "\n", flush=True)
     uvicorn.run(
         "gateway.app:app_from_env",
         factory=True,
-        host=settings.host,
-        port=settings.port,
+        host=settings.http.host,
+        port=settings.http.port,
         workers=workers,
         log_level=settings.log_level,
-        h11_max_incomplete_event_size=settings.max_header_bytes,
+        h11_max_incomplete_event_size=settings.http.max_header_bytes,
     )
     return 0
 
@@ -150,7 +149,9 @@ def token(settings: Settings, study: str, mode: str, ttl: int, subject: str) -> 
     if not 60 <= ttl <= 7 * 24 * 60 * 60:
         raise SettingsError("--ttl must be between 60 and 604800 seconds")
     try:
-        minted = development_token(settings, study=study, mode=mode, ttl_seconds=ttl, subject=subject)
+        minted = development_token(
+            settings.auth, settings.data_dir, study=study, mode=mode, ttl_seconds=ttl, subject=subject
+        )
     except ValueError as error:
         raise SettingsError(str(error)) from None
     print(minted)
@@ -222,7 +223,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "token":
             return token(settings, args.study, args.mode, args.ttl, args.subject)
         overrides = {"host": args.host, "port": args.port}
-        settings = replace(settings, **{k: v for k, v in overrides.items() if v is not None})
+        settings = settings.replace(**{k: v for k, v in overrides.items() if v is not None})
         if args.workers < 1:
             raise SettingsError("--workers must be at least 1")
         return serve(settings, args.workers)

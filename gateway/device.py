@@ -25,7 +25,7 @@ from starlette.routing import Route
 from gateway.audit import AuditEvent, AuditTrail, clip
 from gateway.engine.engine import Bootstrap, BootstrapOutcome, CredentialEngine
 from gateway.rate_limits import Limit, RateLimiter
-from gateway.settings import Settings
+from gateway.settings import RateLimitSettings
 from gateway.state import state_of
 from gateway.store import UnitOfWork
 
@@ -44,14 +44,14 @@ class DeviceBootstrap:
     per_access_id: Limit
 
     @classmethod
-    def from_settings(cls, settings: Settings, engine: CredentialEngine, audit: AuditTrail) -> DeviceBootstrap:
-        window = timedelta(seconds=settings.bootstrap_rate_limit_window_seconds)
+    def from_settings(cls, limits: RateLimitSettings, engine: CredentialEngine, audit: AuditTrail) -> DeviceBootstrap:
+        window = timedelta(seconds=limits.bootstrap_window_seconds)
         return cls(
             engine,
             audit,
             RateLimiter(audit.store, engine.clock),
-            per_client=Limit("bootstrap-client", settings.bootstrap_rate_limit_client, window),
-            per_access_id=Limit("bootstrap-access-id", settings.bootstrap_rate_limit_access_id, window),
+            per_client=Limit("bootstrap-client", limits.bootstrap_client, window),
+            per_access_id=Limit("bootstrap-access-id", limits.bootstrap_access_id, window),
         )
 
 

@@ -36,7 +36,7 @@ from gateway.domain import (
     utc_now,
 )
 from gateway.rate_limits import Limit, RateLimiter
-from gateway.settings import Settings
+from gateway.settings import RateLimitSettings
 from gateway.store import UnitOfWork
 
 log = logging.getLogger(__name__)
@@ -92,12 +92,12 @@ class Policy:
     caller_limit: Limit
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Policy:
-        window = timedelta(seconds=settings.rate_limit_window_seconds)
+    def from_settings(cls, limits: RateLimitSettings, *, require_principal: bool = True) -> Policy:
+        window = timedelta(seconds=limits.window_seconds)
         return cls(
-            require_principal=not settings.insecure_disable_auth,
-            device_limit=Limit("device", settings.rate_limit_device, window),
-            caller_limit=Limit("caller", settings.rate_limit_caller, window),
+            require_principal=require_principal,
+            device_limit=Limit("device", limits.device, window),
+            caller_limit=Limit("caller", limits.caller, window),
         )
 
 

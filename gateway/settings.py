@@ -1,251 +1,390 @@
-"""The one `Settings` object: every `GATEWAY_*` variable, its default and its check.
+"""Every `GATEWAY_*` variable, written down once: its field, type, bounds, default and meaning.
 
-Values come from the environment, then from a `.env`-style file (`GATEWAY_ENV_FILE`, default
-`.env` in the working directory) for names the environment does not set.
+`Settings` holds the settings of the whole process and one group per part of the gateway, which
+receives only its group: `auth` (the authenticator), `upstream` (the upstream client), `graphql`
+(the schema's limits and the view), `rate_limits` (the regeneration policy and the device
+endpoint), `http` (where `gateway serve` listens and the request-size middlewares).
+
+Each group is a pydantic-settings `BaseSettings` with its own `env_prefix`, so the variables stay
+flat: `GATEWAY_UPSTREAM_CONNECT_TIMEOUT_SECONDS` is `upstream.connect_timeout_seconds`. The few
+names outside their group's prefix are validation aliases (`GATEWAY_INSECURE_DISABLE_AUTH` is
+`auth.insecure_disable_auth`). `VARIABLES` lists them all, by name.
+
+`Settings()` is the defaults. `Settings.from_env()` reads the environment, then a `.env`-style file
+(`GATEWAY_ENV_FILE`, default `.env`) for the names the environment does not set; a value it cannot
+use is a `SettingsError`, one line naming the variable. The README's settings tables are rendered
+from these fields: `python -m gateway.settings [--check]` (`scripts/settings-table`).
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+import sys
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextvars import ContextVar
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Annotated, Any, Literal, get_args, get_origin
 from urllib.parse import urlsplit
 
+import annotated_types
 from dotenv import dotenv_values
+from jwt.algorithms import get_default_algorithms
+from pydantic import AfterValidator, BeforeValidator, Field, SecretStr, ValidationError, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
-N = TypeVar("N", int, float)
+PREFIX = "GATEWAY_"
+ENV_FILE = "GATEWAY_ENV_FILE"
+"""The `.env`-style file `Settings.from_env` reads: not a field, it says where the fields come from."""
 
 
 class SettingsError(ValueError):
     """A setting has a value the gateway cannot use; the message names the variable."""
 
 
-def _choice(*allowed: str) -> Callable[[str, str], str]:
-    def parse(name: str, raw: str) -> str:
-        value = raw.strip().lower()
-        if value not in allowed:
-            raise SettingsError(f"{name} must be one of {', '.join(allowed)}, not {raw!r}")
-        return value
+# ---------------------------------------------------------------------------------------------
+# Where values come from: the variables `Settings.from_env` gathered, never `os.environ` itself.
 
-    return parse
+_given: ContextVar[Mapping[str, str] | None] = ContextVar("gateway_settings_variables", default=None)
 
 
-def _boolean(name: str, raw: str) -> bool:
-    value = raw.strip().lower()
-    if value in {"1", "true", "yes", "on"}:
-        return True
-    if value in {"0", "false", "no", "off"}:
-        return False
-    raise SettingsError(f"{name} must be true or false, not {raw!r}")
+class _GivenVariables(EnvSettingsSource):
+    """pydantic-settings' environment source (prefixes, aliases, case) over the variables
+    `Settings.from_env` gathered: outside it there are none, so `Settings()` is the defaults."""
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return {name.lower(): value for name, value in (_given.get() or {}).items()}
+
+    def decode_complex_value(self, field_name: str, field: FieldInfo, value: Any) -> Any:
+        return value  # a variable is text, never JSON: the field's validators read it (a comma list too)
 
 
-def _plain(value: float) -> str:
-    return f"{value:g}" if isinstance(value, float) else str(value)
+class _Group(BaseSettings):
+    """What every settings class shares: frozen, whitespace ignored, each field's docstring its description
+    (the README's meaning), read from `_GivenVariables`."""
+
+    model_config = SettingsConfigDict(
+        frozen=True, populate_by_name=True, str_strip_whitespace=True, use_attribute_docstrings=True
+    )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, _GivenVariables(settings_cls)
 
 
-def _bounded(convert: Callable[[str], N], noun: str, low: N, high: N) -> Callable[[str, str], N]:
-    def parse(name: str, raw: str) -> N:
-        try:
-            value = convert(raw)
-        except ValueError:
-            raise SettingsError(f"{name} must be {noun}, not {raw!r}") from None
-        if not low <= value <= high:
-            raise SettingsError(f"{name} must be between {_plain(low)} and {_plain(high)}, not {_plain(value)}")
-        return value
-
-    return parse
+# ---------------------------------------------------------------------------------------------
+# Value checks that a type and its bounds cannot say. Their messages follow the variable's name.
 
 
-def _integer(low: int, high: int) -> Callable[[str, str], int]:
-    return _bounded(int, "a whole number", low, high)
+def _lowered(value: object) -> object:
+    return value.lower() if isinstance(value, str) else value
 
 
-def _number(low: float, high: float) -> Callable[[str, str], float]:
-    return _bounded(float, "a number", low, high)
-
-
-def _text(name: str, raw: str) -> str:
-    return raw.strip()
-
-
-def _database_url(name: str, raw: str) -> str:
-    value = raw.strip()
-    if not value.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
-        raise SettingsError(f"{name} must start with sqlite+aiosqlite:// or postgresql+asyncpg://")
+def _database_url(value: str) -> str:
+    if value and not value.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
+        raise ValueError("must start with sqlite+aiosqlite:// or postgresql+asyncpg://")
     return value
 
 
-def _identifier(name: str, raw: str) -> str:
-    value = raw.strip()
+def _identifier(value: str) -> str:
     if value and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,62}", value):
-        raise SettingsError(f"{name} must be a plain SQL identifier (letters, digits, underscore)")
+        raise ValueError("must be a plain SQL identifier (letters, digits, underscore)")
     return value
 
 
-def _http_url(name: str, raw: str) -> str:
-    value = raw.strip().rstrip("/")
+def _base_url(value: str) -> str:
+    value = value.rstrip("/")
     parts = urlsplit(value)
-    if parts.scheme not in {"http", "https"} or not parts.hostname or parts.path or parts.query:
-        raise SettingsError(f"{name} must be a base URL: scheme, host and optional port, like https://tenant.example")
+    if value and (parts.scheme not in {"http", "https"} or not parts.hostname or parts.path or parts.query):
+        raise ValueError("must be a base URL: scheme, host and optional port, like https://tenant.example")
     return value
 
 
-def _endpoint_url(name: str, raw: str) -> str:
-    value = raw.strip()
+def _endpoint_url(value: str) -> str:
     parts = urlsplit(value)
-    if parts.scheme not in {"http", "https"} or not parts.hostname or parts.fragment:
-        raise SettingsError(f"{name} must be an http(s) URL, like https://idcs.example/oauth2/v1/token")
+    if value and (parts.scheme not in {"http", "https"} or not parts.hostname or parts.fragment):
+        raise ValueError("must be an http(s) URL, like https://idcs.example/oauth2/v1/token")
     return value
 
 
-def _file(name: str, raw: str) -> str:
-    value = raw.strip()
+def _readable_file(value: str) -> str:
     if value and not Path(value).is_file():
-        raise SettingsError(f"{name} must name a readable file, not {value!r}")
+        raise ValueError(f"must name a readable file, not {value!r}")
     return value
 
 
-def _secret(name: str, raw: str) -> str:
-    value = raw.strip()
-    if value and len(value) < 32:
-        raise SettingsError(f"{name} must be at least 32 characters long")
+def _long_secret(value: SecretStr) -> SecretStr:
+    if 0 < len(value.get_secret_value()) < 32:
+        raise ValueError("must be at least 32 characters long")
     return value
 
 
-def _usable_cpus(most: int) -> int:
+_TOKEN_ALGORITHMS = {name.lower(): name for name in get_default_algorithms() if name != "none"}
+"""PyJWT's names (it verifies the signatures); which of them fits which key is `gateway.auth.keys`'s table."""
+
+
+def _algorithm_list(value: object) -> object:
+    """`RS256, es256` → ("RS256", "ES256"): PyJWT's spelling, each once, `none` refused."""
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list | tuple):
+        return value
+    chosen: list[str] = []
+    for item in (str(item).strip() for item in items):
+        if item.lower() == "none":
+            raise ValueError("must not allow 'none': unsigned tokens are never accepted")
+        if item and item.lower() not in _TOKEN_ALGORITHMS:
+            known = ", ".join(_TOKEN_ALGORITHMS.values())
+            raise ValueError(f"may list only algorithms PyJWT verifies: {item!r} is not one of {known}")
+        if item:
+            chosen.append(_TOKEN_ALGORITHMS[item.lower()])
+    return tuple(dict.fromkeys(chosen))
+
+
+def _usable_cpus(most: int = 64) -> int:
     """The CPUs this process may run on (its affinity, not the machine's count), within 1..`most`."""
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return max(1, min(most, usable))
 
 
-_ASYMMETRIC = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")
-_TOKEN_ALGORITHMS = {name.lower(): name for name in (*_ASYMMETRIC, "HS256", "HS384", "HS512")}
+Choice = BeforeValidator(_lowered)
+DatabaseUrl = Annotated[str, AfterValidator(_database_url)]
+Identifier = Annotated[str, AfterValidator(_identifier)]
+BaseUrl = Annotated[str, AfterValidator(_base_url)]
+EndpointUrl = Annotated[str, AfterValidator(_endpoint_url)]
+ReadableFile = Annotated[str, AfterValidator(_readable_file)]
+Secret = Annotated[SecretStr, AfterValidator(_long_secret)]
+Algorithms = Annotated[tuple[str, ...], BeforeValidator(_algorithm_list)]
+
+_LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+_MINUTE, _DAY = 60, 24 * 60 * 60
 
 
-def _algorithms(name: str, raw: str) -> tuple[str, ...]:
-    chosen: list[str] = []
-    for item in raw.split(","):
-        key = item.strip().lower()
-        if not key:
-            continue
-        if key == "none":
-            raise SettingsError(f"{name} must not allow 'none': unsigned tokens are never accepted")
-        if key not in _TOKEN_ALGORITHMS:
-            raise SettingsError(f"{name}: {item.strip()!r} is not one of {', '.join(_TOKEN_ALGORITHMS.values())}")
-        chosen.append(_TOKEN_ALGORITHMS[key])
-    return tuple(dict.fromkeys(chosen))
+# ---------------------------------------------------------------------------------------------
+# The groups. A field's docstring is its description: its meaning in the README's tables.
 
 
-@dataclass(frozen=True)
-class Settings:
-    """The gateway's configuration. Field `x` is read from `GATEWAY_X`."""
+class HttpSettings(_Group):
+    """Where `gateway serve` listens and what any request may carry (`gateway.http`'s middlewares)."""
 
-    backend: str = "local"
-    database_url: str = ""
-    """Empty means a SQLite file `gateway.sqlite3` in `data_dir`."""
-    database_schema: str = ""
-    """PostgreSQL schema for the store's tables (empty: the connection's default)."""
-    data_dir: str = "data"
-    upstream_url: str = ""
+    model_config = SettingsConfigDict(env_prefix=PREFIX)
+
     host: str = "127.0.0.1"
-    port: int = 8000
-    otp_ttl_seconds: int = 24 * 60 * 60
-    kdf_cost: int = 14
-    """log2 of scrypt's N for OTP hashes (14: 16 MiB and some tens of milliseconds per hash)."""
-    kdf_workers: int = field(default_factory=lambda: _usable_cpus(64))
-    """Worker threads for OTP hashing (gateway/engine/otp.py `KdfPool`): hashes at once, the rest wait."""
-    demo_data: bool = True
-    """`gateway serve` loads the demo registry into an empty local store."""
-    log_level: str = "info"
-    # Abuse limits (gateway/rate_limits.py, gateway/engine/engine.py); kept in the store, so shared by replicas.
-    rate_limit_device: int = 5
-    """Regenerations of one device per window (0: no limit)."""
-    rate_limit_caller: int = 60
-    """Regenerations by one caller (token subject) per window (0: no limit)."""
-    rate_limit_window_seconds: int = 900
-    bootstrap_lockout_attempts: int = 10
-    bootstrap_rate_limit_client: int = 30
-    """Device bootstrap attempts from one client address per window (0: no limit)."""
-    bootstrap_rate_limit_access_id: int = 20
-    """Device bootstrap attempts with one access ID per window (0: no limit)."""
-    bootstrap_rate_limit_window_seconds: int = 60
-    """Consecutive wrong OTPs that lock a pair until it is regenerated."""
-    # Upstream mode (GATEWAY_BACKEND=upstream): gateway/upstream/.
-    upstream_connect_timeout_seconds: float = 5.0
-    upstream_read_timeout_seconds: float = 120.0
-    """Oracle's best-practice page asks clients to expect up to a 2-minute network timeout."""
-    upstream_total_timeout_seconds: float = 150.0
-    """The whole call, connect retries and a slowly dripping body included (the read timeout is per read)."""
-    upstream_write_timeout_seconds: float = 30.0
-    upstream_pool_timeout_seconds: float = 5.0
-    upstream_max_connections: int = 64
-    upstream_max_keepalive_connections: int = 32
-    upstream_keepalive_expiry_seconds: float = 4.0
-    """Drop idle pooled connections before the upstream does: a request sent on a connection the
-    server is closing may have arrived, so it could not be resent."""
-    upstream_max_concurrency: int = 32
-    """Upstream calls in flight at once; the rest wait (up to the queue timeout) for a turn."""
-    upstream_queue_timeout_seconds: float = 10.0
-    upstream_breaker_failure_threshold: int = 5
-    """Consecutive upstream failures (unreachable, timed out, 502/503/504, unreadable) that open the breaker."""
-    upstream_breaker_reset_seconds: float = 30.0
-    """How long an open breaker fails fast before it lets one trial call through."""
-    upstream_connect_retries: int = 2
-    """Extra attempts after a failure to connect (nothing was sent); nothing else is ever resent."""
-    upstream_retry_backoff_seconds: float = 0.25
-    upstream_ca_file: str = ""
-    """PEM bundle to verify the upstream's TLS certificate (empty: certifi's bundle)."""
-    upstream_auth: str = "forward"
-    """`forward` (the caller's Authorization header) or `client-credentials` (a service account)."""
-    upstream_token_url: str = ""
-    upstream_client_id: str = ""
-    upstream_client_secret: str = field(default="", repr=False)
-    upstream_scope: str = ""
-    # Authentication (gateway/auth.py) and GraphQL limits (gateway/api/guards.py, gateway/http.py).
-    auth_jwks_url: str = ""
-    """The identity provider's JWKS: tokens are checked against its keys, chosen by `kid`."""
-    auth_hs256_secret: str = field(default="", repr=False)
-    """A shared HS256 secret instead of a JWKS. With neither (and not in production): a development
-    secret kept in `data_dir`, the one `gateway token` signs with."""
-    auth_issuer: str = "clinical-one-gateway-dev"
-    auth_audience: str = "clinical-one-gateway"
-    auth_algorithms: tuple[str, ...] = ()
-    """Allow-list of token algorithms; empty: RS256 and ES256 with a JWKS, HS256 with a secret. Never `none`."""
-    auth_leeway_seconds: int = 30
-    auth_jwks_cache_seconds: int = 300
-    """Keys older than this are refetched; an unknown `kid` refetches at most once a minute."""
-    auth_jwks_timeout_seconds: float = 5.0
-    insecure_disable_auth: bool = False
-    """Let every caller in, unauthenticated (development only; refused with GATEWAY_PRODUCTION)."""
-    production: bool = False
-    """Introspection and GraphiQL off; refuses GATEWAY_INSECURE_DISABLE_AUTH and the development secret."""
-    graphql_max_depth: int = 10
-    graphql_max_aliases: int = 15
-    """Aliases in one document, those inside fragments included."""
-    graphql_max_tokens: int = 1000
-    graphql_max_selections: int = 1000
-    """Field selections a document expands to, each fragment counted every time it is spread."""
-    graphql_document_cache_size: int = 256
-    """Distinct documents whose parse and validation are kept (least recently used dropped; 0: none).
-    Only documents of at most 256 tokens and 4 KiB are kept: at worst about 40 MiB at 256."""
-    max_body_bytes: int = 64 * 1024
-    """Largest request body on any route; larger ones get 413."""
-    max_header_bytes: int = 32 * 1024
-    """Largest total of request header lines on any route; larger ones get 431."""
-    trusted_documents: str = ""
-    audit_key_file: str = ""
-    """File holding the audit trail's MAC key (hex, ≥ 32 bytes). Empty: a key made once in
-    `data_dir` (refused in production, where the key must live outside the data folder)."""
-    """JSON file of sha256 -> GraphQL document: when set, only those documents are executed."""
+    """the interface `gateway serve` listens on"""
+    port: int = Field(8000, ge=0, le=65535)
+    """the port `gateway serve` listens on"""
+    max_body_bytes: int = Field(64 * 1024, ge=1024, le=100 * 1024 * 1024)
+    """largest request body on any route; a larger one gets 413, whether it declares its length or streams it"""
+    max_header_bytes: int = Field(32 * 1024, ge=4096, le=1024 * 1024)
+    """largest total of request header lines on any route; a larger one gets 431"""
+
+
+class AuthSettings(_Group):
+    """How bearer tokens are checked (`gateway.auth`)."""
+
+    model_config = SettingsConfigDict(env_prefix=f"{PREFIX}AUTH_")
+
+    jwks_url: EndpointUrl = ""
+    """the identity provider's JWKS: tokens are checked against its keys, chosen by `kid`"""
+    hs256_secret: Secret = SecretStr("")
+    """a shared HS256 secret (at least 32 characters) instead of a JWKS, never with one. With neither (and not
+    in production): a development secret kept in `GATEWAY_DATA_DIR`, the one `gateway token` signs with"""
+    issuer: str = "clinical-one-gateway-dev"
+    """the required `iss`"""
+    audience: str = "clinical-one-gateway"
+    """the required `aud`"""
+    algorithms: Algorithms = ()
+    """comma-separated allow-list of token algorithms; `none` is refused; HS* only with a secret, never with
+    a JWKS. Empty: `RS256,ES256` with a JWKS, `HS256` otherwise"""
+    leeway_seconds: int = Field(30, ge=0, le=300)
+    """allowed clock skew for `exp`, `nbf` and `iat`"""
+    jwks_cache_seconds: int = Field(300, ge=_MINUTE, le=_DAY)
+    """age at which cached JWKS keys are fetched again; a token naming an unknown `kid` makes the gateway
+    fetch them at most once a minute"""
+    jwks_timeout_seconds: float = Field(5.0, ge=0.1, le=60)
+    """timeout of a JWKS fetch"""
+    insecure_disable_auth: bool = Field(False, validation_alias=f"{PREFIX}INSECURE_DISABLE_AUTH")
+    """`true` lets every caller in without a token (development only; refused with `GATEWAY_PRODUCTION=true`)"""
 
     @property
-    def allowed_auth_algorithms(self) -> tuple[str, ...]:
-        if self.auth_algorithms:
-            return self.auth_algorithms
-        return ("RS256", "ES256") if self.auth_jwks_url else ("HS256",)
+    def allowed_algorithms(self) -> tuple[str, ...]:
+        if self.algorithms:
+            return self.algorithms
+        return ("RS256", "ES256") if self.jwks_url else ("HS256",)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> AuthSettings:
+        if not self.issuer or not self.audience:
+            raise ValueError("GATEWAY_AUTH_ISSUER and GATEWAY_AUTH_AUDIENCE must not be empty")
+        if self.jwks_url and self.hs256_secret.get_secret_value():
+            raise ValueError("set GATEWAY_AUTH_JWKS_URL or GATEWAY_AUTH_HS256_SECRET, not both")
+        symmetric = {name for name in self.allowed_algorithms if name.startswith("HS")}
+        if self.jwks_url and symmetric:
+            raise ValueError("GATEWAY_AUTH_ALGORITHMS must not list HS* algorithms with GATEWAY_AUTH_JWKS_URL")
+        if not self.jwks_url and symmetric != set(self.allowed_algorithms):
+            raise ValueError("GATEWAY_AUTH_ALGORITHMS may list only HS* algorithms without GATEWAY_AUTH_JWKS_URL")
+        return self
+
+
+class RateLimitSettings(_Group):
+    """Abuse limits, kept in the store and so shared by replicas (`gateway.rate_limits`): regenerations
+    (`gateway.regeneration`), and device bootstraps and their lockout (`gateway.device`, the engine)."""
+
+    model_config = SettingsConfigDict(env_prefix=f"{PREFIX}RATE_LIMIT_")
+
+    device: int = Field(5, ge=0, le=1_000_000)
+    """regenerations of one device per window (0: no limit)"""
+    caller: int = Field(60, ge=0, le=1_000_000)
+    """regenerations by one caller (token subject) per window (0: no limit)"""
+    window_seconds: int = Field(900, ge=1, le=7 * _DAY)
+    """the window of the two limits above"""
+    bootstrap_client: int = Field(30, ge=0, le=1_000_000, validation_alias=f"{PREFIX}BOOTSTRAP_RATE_LIMIT_CLIENT")
+    """device bootstrap attempts from one client address per window (0: no limit)"""
+    bootstrap_access_id: int = Field(20, ge=0, le=1_000_000, validation_alias=f"{PREFIX}BOOTSTRAP_RATE_LIMIT_ACCESS_ID")
+    """device bootstrap attempts with one access ID per window (0: no limit)"""
+    bootstrap_window_seconds: int = Field(
+        60, ge=1, le=_DAY, validation_alias=f"{PREFIX}BOOTSTRAP_RATE_LIMIT_WINDOW_SECONDS"
+    )
+    """the window of the two device bootstrap limits above"""
+    bootstrap_lockout_attempts: int = Field(10, ge=1, le=1000, validation_alias=f"{PREFIX}BOOTSTRAP_LOCKOUT_ATTEMPTS")
+    """consecutive wrong OTPs that lock a pair until it is regenerated"""
+
+
+class GraphQLSettings(_Group):
+    """Limits on GraphQL documents (`gateway.api`), checked before anything executes."""
+
+    model_config = SettingsConfigDict(env_prefix=f"{PREFIX}GRAPHQL_")
+
+    max_depth: int = Field(10, ge=2, le=100)
+    """deepest selection (introspection fields excepted; graphql-core limits those itself)"""
+    max_aliases: int = Field(15, ge=0, le=1000)
+    """aliases per document, those inside fragments included"""
+    max_tokens: int = Field(1000, ge=100, le=100_000)
+    """lexical tokens per document (GraphiQL's introspection query uses about 200)"""
+    max_selections: int = Field(1000, ge=10, le=1_000_000)
+    """field selections per document once every fragment spread is replaced by its fragment (GraphiQL's
+    introspection query expands to about 230)"""
+    document_cache_size: int = Field(256, ge=0, le=10_000)
+    """distinct documents kept parsed and validated (least recently used dropped first; `0`: none). Only
+    documents of at most 256 tokens and 4 KiB are kept: at worst about 40 MiB at 256"""
+    trusted_documents: ReadableFile = Field("", validation_alias=f"{PREFIX}TRUSTED_DOCUMENTS")
+    """JSON file of trusted documents (sha256 → document); when set, only those run"""
+
+
+class UpstreamSettings(_Group):
+    """Upstream mode (`GATEWAY_BACKEND=upstream`): the client of the Clinical One tenant (`gateway.upstream`)."""
+
+    model_config = SettingsConfigDict(env_prefix=f"{PREFIX}UPSTREAM_")
+
+    url: BaseUrl = ""
+    """base URL of the Clinical One tenant (scheme, host, optional port); required when
+    `GATEWAY_BACKEND=upstream`"""
+    connect_timeout_seconds: float = Field(5.0, ge=0.01, le=600)
+    """TCP connect and TLS handshake timeout"""
+    read_timeout_seconds: float = Field(120.0, ge=0.01, le=3600)
+    """longest wait for each read of the response; Oracle asks clients to expect up to 2 minutes"""
+    total_timeout_seconds: float = Field(150.0, ge=0.01, le=3600)
+    """longest the whole call may take, connect retries and a slowly dripping answer included"""
+    write_timeout_seconds: float = Field(30.0, ge=0.01, le=600)
+    """longest wait for each write of the request"""
+    pool_timeout_seconds: float = Field(5.0, ge=0.01, le=600)
+    """longest wait for a free pooled connection"""
+    max_connections: int = Field(64, ge=1, le=10_000)
+    """connection pool size"""
+    max_keepalive_connections: int = Field(32, ge=0, le=10_000)
+    """idle connections kept open (`0`: no keep-alive)"""
+    keepalive_expiry_seconds: float = Field(4.0, ge=0, le=600)
+    """when an idle connection is dropped: keep it below the upstream's idle timeout (a request sent on a
+    connection the server is closing may have arrived, so it could not be resent)"""
+    max_concurrency: int = Field(32, ge=1, le=10_000)
+    """upstream calls in flight at once, the rest waiting their turn; at most `GATEWAY_UPSTREAM_MAX_CONNECTIONS`"""
+    queue_timeout_seconds: float = Field(10.0, ge=0, le=600)
+    """longest wait for a turn, then `UpstreamUnavailableError`"""
+    breaker_failure_threshold: int = Field(5, ge=1, le=1000)
+    """consecutive upstream failures (unreachable, timed out, 502/503/504, unreadable) that open the breaker"""
+    breaker_reset_seconds: float = Field(30.0, ge=0.1, le=3600)
+    """how long an open breaker fails fast before it lets one trial call through"""
+    connect_retries: int = Field(2, ge=0, le=5)
+    """extra attempts after a failed connection (nothing was sent); nothing else is ever resent"""
+    retry_backoff_seconds: float = Field(0.25, ge=0, le=10)
+    """base of the jittered exponential backoff between those attempts"""
+    ca_file: ReadableFile = ""
+    """PEM bundle for checking the upstream's TLS certificate; empty: certifi's bundle"""
+    auth: Annotated[Literal["forward", "client-credentials"], Choice] = "forward"
+    """`forward` (the caller's Authorization header) or `client-credentials` (a service account)"""
+    token_url: EndpointUrl = ""
+    """the service account's OAuth2 token endpoint"""
+    client_id: str = ""
+    """the service account's client id"""
+    client_secret: SecretStr = SecretStr("")
+    """the service account's client secret (never logged or shown in a repr)"""
+    scope: str = ""
+    """scope to request, such as `<tenant>.ec-ors-svc.all`; empty: none sent"""
+
+    @model_validator(mode="after")
+    def _consistent(self) -> UpstreamSettings:
+        if self.auth == "client-credentials":
+            needed = {"token_url": self.token_url, "client_id": self.client_id}
+            needed["client_secret"] = self.client_secret.get_secret_value()
+            for name, value in needed.items():
+                if not value:
+                    variable = variable_of(UpstreamSettings, name)
+                    raise ValueError(f"{variable} is required when GATEWAY_UPSTREAM_AUTH=client-credentials")
+        if self.max_concurrency > self.max_connections:
+            raise ValueError("GATEWAY_UPSTREAM_MAX_CONCURRENCY must not exceed GATEWAY_UPSTREAM_MAX_CONNECTIONS")
+        return self
+
+
+class Settings(_Group):
+    """The gateway's configuration: the process's own settings, then one group per part."""
+
+    model_config = SettingsConfigDict(env_prefix=PREFIX)
+
+    backend: Annotated[Literal["local", "upstream"], Choice] = "local"
+    """`local` (the credential engine) or `upstream` (the Clinical One REST endpoint)"""
+    database_url: DatabaseUrl = ""
+    """SQLAlchemy URL of the local store: `sqlite+aiosqlite:///path` or `postgresql+asyncpg://user@host:5432/db`;
+    empty: the SQLite file `gateway.sqlite3` in `GATEWAY_DATA_DIR`"""
+    database_schema: Identifier = ""
+    """PostgreSQL schema for the gateway's tables; empty: the connection's default"""
+    data_dir: str = "data"
+    """folder of the default SQLite file, and of the development secret and audit key"""
+    otp_ttl_seconds: int = Field(_DAY, ge=_MINUTE, le=30 * _DAY)
+    """how long a new OTP works, in seconds"""
+    kdf_cost: int = Field(14, ge=4, le=20)
+    """log2 of scrypt's N for OTP hashes (14: 16 MiB and some tens of milliseconds per hash)"""
+    kdf_workers: int = Field(
+        default_factory=_usable_cpus,
+        ge=1,
+        le=64,
+        json_schema_extra={"default_text": "the number of CPUs the process may use"},
+    )
+    """OTP hashes run at once, each on a worker thread of the KDF's own pool; more wait their turn without
+    blocking the event loop"""
+    demo_data: bool = True
+    """`gateway serve` loads the demo registry into an empty local store"""
+    log_level: Annotated[Literal["debug", "info", "warning", "error"], Choice] = "info"
+    """the level of the gateway's own loggers (libraries log from `info` up)"""
+    production: bool = False
+    """introspection and GraphiQL off; refuses `GATEWAY_INSECURE_DISABLE_AUTH`, the development secret, a
+    plain-http JWKS URL off loopback, an audit key in the data folder and `gateway token`"""
+    audit_key_file: ReadableFile = ""
+    """file holding the audit trail's MAC key (hex, at least 32 bytes); empty: a key made once in
+    `GATEWAY_DATA_DIR` (refused in production, where the key must live outside the data folder)"""
+    http: HttpSettings = Field(default_factory=HttpSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+    rate_limits: RateLimitSettings = Field(default_factory=RateLimitSettings)
+    graphql: GraphQLSettings = Field(default_factory=GraphQLSettings)
+    upstream: UpstreamSettings = Field(default_factory=UpstreamSettings)
 
     @property
     def store_url(self) -> str:
@@ -253,117 +392,226 @@ class Settings:
             return self.database_url
         return f"sqlite+aiosqlite:///{Path(self.data_dir).resolve() / 'gateway.sqlite3'}"
 
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        """Read and check every setting; raise `SettingsError` naming the first bad variable."""
-        env = dict(os.environ if environ is None else environ)
-        env_file = env.get("GATEWAY_ENV_FILE", ".env")
-        if env_file and Path(env_file).is_file():
-            for key, value in dotenv_values(env_file).items():
-                if key.startswith("GATEWAY_") and value is not None:
-                    env.setdefault(key, value)
-        values: dict[str, object] = {}
-        for f in fields(cls):
-            name = f"GATEWAY_{f.name.upper()}"
-            if name in env:
-                values[f.name] = _PARSERS[f.name](name, env[name])
-        settings = cls(**values)  # type: ignore[arg-type]
-        settings.check()
-        return settings
-
-    def check(self) -> None:
-        """Rules across settings."""
-        if self.backend == "upstream" and not self.upstream_url:
-            raise SettingsError("GATEWAY_UPSTREAM_URL is required when GATEWAY_BACKEND=upstream")
-        if self.upstream_auth == "client-credentials":
-            for name in ("upstream_token_url", "upstream_client_id", "upstream_client_secret"):
-                if not getattr(self, name):
-                    variable = f"GATEWAY_{name.upper()}"
-                    raise SettingsError(f"{variable} is required when GATEWAY_UPSTREAM_AUTH=client-credentials")
-        if self.upstream_max_concurrency > self.upstream_max_connections:
-            raise SettingsError("GATEWAY_UPSTREAM_MAX_CONCURRENCY must not exceed GATEWAY_UPSTREAM_MAX_CONNECTIONS")
-        self._check_auth()
-
-    def _check_auth(self) -> None:
-        if not self.auth_issuer or not self.auth_audience:
-            raise SettingsError("GATEWAY_AUTH_ISSUER and GATEWAY_AUTH_AUDIENCE must not be empty")
-        if self.auth_jwks_url and self.auth_hs256_secret:
-            raise SettingsError("set GATEWAY_AUTH_JWKS_URL or GATEWAY_AUTH_HS256_SECRET, not both")
-        symmetric = {name for name in self.allowed_auth_algorithms if name.startswith("HS")}
-        if self.auth_jwks_url and symmetric:
-            raise SettingsError("GATEWAY_AUTH_ALGORITHMS must not list HS* algorithms with GATEWAY_AUTH_JWKS_URL")
-        if not self.auth_jwks_url and symmetric != set(self.allowed_auth_algorithms):
-            raise SettingsError("GATEWAY_AUTH_ALGORITHMS may list only HS* algorithms without GATEWAY_AUTH_JWKS_URL")
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        if self.backend == "upstream" and not self.upstream.url:
+            raise ValueError("GATEWAY_UPSTREAM_URL is required when GATEWAY_BACKEND=upstream")
         if self.production:
-            if self.insecure_disable_auth:
-                raise SettingsError("GATEWAY_INSECURE_DISABLE_AUTH=true is refused when GATEWAY_PRODUCTION=true")
-            if not (self.auth_jwks_url or self.auth_hs256_secret):
-                raise SettingsError(
+            if self.auth.insecure_disable_auth:
+                raise ValueError("GATEWAY_INSECURE_DISABLE_AUTH=true is refused when GATEWAY_PRODUCTION=true")
+            if not (self.auth.jwks_url or self.auth.hs256_secret.get_secret_value()):
+                raise ValueError(
                     "GATEWAY_PRODUCTION=true needs GATEWAY_AUTH_JWKS_URL (or GATEWAY_AUTH_HS256_SECRET): "
                     "the development secret file is refused in production"
                 )
-            jwks = urlsplit(self.auth_jwks_url)
-            if jwks.scheme == "http" and jwks.hostname not in {"127.0.0.1", "localhost", "::1"}:
-                raise SettingsError("GATEWAY_AUTH_JWKS_URL must use https when GATEWAY_PRODUCTION=true")
+            jwks = urlsplit(self.auth.jwks_url)
+            if jwks.scheme == "http" and jwks.hostname not in _LOOPBACK:
+                raise ValueError("GATEWAY_AUTH_JWKS_URL must use https when GATEWAY_PRODUCTION=true")
+        return self
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read and check every setting from `environ` (default: the process's environment) and the
+        file `GATEWAY_ENV_FILE` names; raise `SettingsError` naming the first bad variable."""
+        env = os.environ if environ is None else environ
+        given = {name: value.strip() for name, value in env.items() if name in VARIABLES}
+        env_file = env.get(ENV_FILE, ".env")
+        if env_file and Path(env_file).is_file():
+            for name, value in dotenv_values(env_file).items():
+                if name in VARIABLES and value is not None:
+                    given.setdefault(name, value.strip())
+        token = _given.set(given)
+        try:
+            return _checked(cls)
+        finally:
+            _given.reset(token)
+
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with `changes`, named as the variables without `GATEWAY_` (`upstream_connect_retries=0`
+        for `GATEWAY_UPSTREAM_CONNECT_RETRIES`) and checked like them: `SettingsError` names the variable."""
+        values = self.model_dump()
+        for name, value in changes.items():
+            variable = VARIABLES.get(f"{PREFIX}{name.upper()}")
+            if variable is None:
+                raise TypeError(f"no setting is named {name!r} (no variable {PREFIX}{name.upper()})")
+            (values[variable.group] if variable.group else values)[variable.field] = value
+        return _checked(lambda: Settings.model_validate(values))
 
 
-_PARSERS: dict[str, Callable[[str, str], object]] = {
-    "backend": _choice("local", "upstream"),
-    "database_url": _database_url,
-    "database_schema": _identifier,
-    "data_dir": _text,
-    "upstream_url": _http_url,
-    "host": _text,
-    "port": _integer(0, 65535),
-    "otp_ttl_seconds": _integer(60, 30 * 24 * 60 * 60),
-    "kdf_cost": _integer(4, 20),
-    "kdf_workers": _integer(1, 64),
-    "demo_data": _boolean,
-    "log_level": _choice("debug", "info", "warning", "error"),
-    "rate_limit_device": _integer(0, 1_000_000),
-    "rate_limit_caller": _integer(0, 1_000_000),
-    "rate_limit_window_seconds": _integer(1, 7 * 24 * 60 * 60),
-    "bootstrap_lockout_attempts": _integer(1, 1000),
-    "bootstrap_rate_limit_client": _integer(0, 1_000_000),
-    "bootstrap_rate_limit_access_id": _integer(0, 1_000_000),
-    "bootstrap_rate_limit_window_seconds": _integer(1, 24 * 60 * 60),
-    "upstream_connect_timeout_seconds": _number(0.01, 600),
-    "upstream_read_timeout_seconds": _number(0.01, 3600),
-    "upstream_total_timeout_seconds": _number(0.01, 3600),
-    "upstream_write_timeout_seconds": _number(0.01, 600),
-    "upstream_pool_timeout_seconds": _number(0.01, 600),
-    "upstream_max_connections": _integer(1, 10_000),
-    "upstream_max_keepalive_connections": _integer(0, 10_000),
-    "upstream_keepalive_expiry_seconds": _number(0, 600),
-    "upstream_max_concurrency": _integer(1, 10_000),
-    "upstream_queue_timeout_seconds": _number(0, 600),
-    "upstream_breaker_failure_threshold": _integer(1, 1000),
-    "upstream_breaker_reset_seconds": _number(0.1, 3600),
-    "upstream_connect_retries": _integer(0, 5),
-    "upstream_retry_backoff_seconds": _number(0, 10),
-    "upstream_ca_file": _file,
-    "upstream_auth": _choice("forward", "client-credentials"),
-    "upstream_token_url": _endpoint_url,
-    "upstream_client_id": _text,
-    "upstream_client_secret": _text,
-    "upstream_scope": _text,
-    "auth_jwks_url": _endpoint_url,
-    "auth_hs256_secret": _secret,
-    "auth_issuer": _text,
-    "auth_audience": _text,
-    "auth_algorithms": _algorithms,
-    "auth_leeway_seconds": _integer(0, 300),
-    "auth_jwks_cache_seconds": _integer(60, 24 * 60 * 60),
-    "auth_jwks_timeout_seconds": _number(0.1, 60),
-    "insecure_disable_auth": _boolean,
-    "production": _boolean,
-    "graphql_max_depth": _integer(2, 100),
-    "graphql_max_aliases": _integer(0, 1000),
-    "graphql_max_tokens": _integer(100, 100_000),
-    "graphql_max_selections": _integer(10, 1_000_000),
-    "graphql_document_cache_size": _integer(0, 10_000),
-    "max_body_bytes": _integer(1024, 100 * 1024 * 1024),
-    "max_header_bytes": _integer(4096, 1024 * 1024),
-    "trusted_documents": _file,
-    "audit_key_file": _file,
+# ---------------------------------------------------------------------------------------------
+# The variables: their names, and a pydantic error as one line naming one of them.
+
+GROUPS: dict[str, type[_Group]] = {
+    name: info.annotation
+    for name, info in Settings.model_fields.items()
+    if isinstance(info.annotation, type) and issubclass(info.annotation, _Group)
 }
+"""The groups by their attribute in `Settings`."""
+
+
+def variable_of(group: type[_Group], field: str) -> str:
+    """The variable that sets `field` of `group`: its alias, else the group's prefix and its name."""
+    alias = group.model_fields[field].validation_alias
+    if isinstance(alias, str):
+        return alias
+    return f"{group.model_config.get('env_prefix', '')}{field}".upper()
+
+
+@dataclass(frozen=True)
+class Variable:
+    name: str
+    group: str | None
+    """The attribute of `Settings` holding the field's group; None for `Settings`'s own fields."""
+    field: str
+    info: FieldInfo
+
+
+def _variables() -> Iterator[Variable]:
+    for field, info in Settings.model_fields.items():
+        if field not in GROUPS:
+            yield Variable(variable_of(Settings, field), None, field, info)
+    for group, cls in GROUPS.items():
+        for field, info in cls.model_fields.items():
+            yield Variable(variable_of(cls, field), group, field, info)
+
+
+VARIABLES: dict[str, Variable] = {variable.name: variable for variable in _variables()}
+"""Every `GATEWAY_*` variable a setting reads, by name, in the order of the fields."""
+
+_NOUNS = {
+    "int_parsing": "a whole number",
+    "int_from_float": "a whole number",
+    "int_type": "a whole number",
+    "float_parsing": "a number",
+    "float_type": "a number",
+    "bool_parsing": "true or false",
+    "bool_type": "true or false",
+}
+
+
+def _plain(value: object) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _range(info: FieldInfo) -> str | None:
+    """`low and high` of a field bounded both ways."""
+    low = next((m.ge for m in info.metadata if isinstance(m, annotated_types.Ge)), None)
+    high = next((m.le for m in info.metadata if isinstance(m, annotated_types.Le)), None)
+    return None if low is None or high is None else f"{_plain(low)} and {_plain(high)}"
+
+
+def _one_line(error: ValidationError) -> str:
+    """`error`'s first problem as one line naming its variable (a rule across settings names its own)."""
+    problem = error.errors()[0]
+    where: type[_Group] = {cls.__name__: cls for cls in GROUPS.values()}.get(error.title, Settings)
+    loc = [str(part) for part in problem["loc"]]
+    if loc and where is Settings and loc[0] in GROUPS:
+        where, loc = GROUPS[loc[0]], loc[1:]
+    cause = problem.get("ctx", {}).get("error")
+    if not loc:
+        return str(cause) if cause is not None else problem["msg"]
+    field = next((name for name, info in where.model_fields.items() if loc[0] in {name, info.validation_alias}), None)
+    if field is None:
+        return f"{'.'.join(loc)}: {problem['msg']}"
+    name, info, kind, raw = variable_of(where, field), where.model_fields[field], problem["type"], problem["input"]
+    if kind in _NOUNS:
+        return f"{name} must be {_NOUNS[kind]}, not {raw!r}"
+    if kind in {"greater_than_equal", "less_than_equal"}:
+        return f"{name} must be between {_range(info)}, not {_plain(raw)}"
+    if kind == "literal_error":
+        return f"{name} must be one of {', '.join(get_args(info.annotation))}, not {raw!r}"
+    if cause is not None:
+        return f"{name} {cause}"
+    return f"{name}: {problem['msg']}"
+
+
+def _checked(build: Callable[[], Settings]) -> Settings:
+    try:
+        return build()
+    except ValidationError as error:
+        raise SettingsError(_one_line(error)) from None
+
+
+# ---------------------------------------------------------------------------------------------
+# The README's settings tables, rendered from the fields (checked for drift like schema.graphql).
+
+_TABLE = re.compile(r"(<!-- settings-table: (?P<groups>[a-z_ ]+?) -->\n).*?(?=<!-- /settings-table -->)", re.DOTALL)
+CORE = "core"
+"""The table name of `Settings`'s own fields (and `GATEWAY_ENV_FILE`); the groups go by their attribute."""
+
+
+def _default(variable: Variable) -> str:
+    info = variable.info
+    extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+    if info.default_factory is not None:
+        return str(extra["default_text"])  # computed where it runs: described, not shown
+    value = info.default
+    if isinstance(value, SecretStr):
+        assert not value.get_secret_value(), f"{variable.name}: a secret's default is empty"
+        value = ""
+    if isinstance(value, tuple):
+        value = ",".join(value)
+    if value == "":
+        return "empty"
+    return f"`{str(value).lower() if isinstance(value, bool) else _plain(value)}`"
+
+
+def _meaning(info: FieldInfo) -> str:
+    """The description, and the values allowed when it does not name them: bounds, or choices."""
+    meaning, bounds = " ".join(str(info.description).split()), _range(info)
+    choices = [f"`{choice}`" for choice in get_args(info.annotation)] if get_origin(info.annotation) is Literal else []
+    if bounds:
+        return f"{meaning} (between {bounds})"
+    if choices and not all(choice in meaning for choice in choices):
+        return f"{meaning}: {', '.join(choices[:-1])} or {choices[-1]}"
+    return meaning
+
+
+def settings_table(names: Sequence[str]) -> str:
+    """The Markdown table of the variables of the groups `names` (`core`, `auth`, …), in that order."""
+    rows = ["| Variable | Meaning | Default |", "|---|---|---|"]
+    for name in names:
+        if name != CORE and name not in GROUPS:
+            raise ValueError(f"no settings group {name!r}: one of {CORE}, {', '.join(GROUPS)}")
+        for variable in VARIABLES.values():
+            if (variable.group or CORE) == name:
+                rows.append(f"| `{variable.name}` | {_meaning(variable.info)} | {_default(variable)} |")
+    if CORE in names:
+        rows.append(
+            f"| `{ENV_FILE}` | the `.env`-style file read for the variables the environment does not set "
+            "(empty: none) | `.env` |"
+        )
+    return "\n".join(rows) + "\n"
+
+
+def with_settings_tables(readme: str) -> str:
+    """`readme` with each table between `<!-- settings-table: GROUP … -->` and `<!-- /settings-table -->`
+    rendered anew."""
+    return _TABLE.sub(lambda found: found[1] + settings_table(found["groups"].split()), readme)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m gateway.settings", description="Render the README's settings tables from gateway/settings.py."
+    )
+    parser.add_argument("--check", action="store_true", help="exit 1 when the file's tables differ from the code")
+    parser.add_argument("--path", type=Path, default=Path("README.md"), help="file to rewrite (default: README.md)")
+    args = parser.parse_args(argv)
+    current = args.path.read_text(encoding="utf-8")
+    rendered = with_settings_tables(current)
+    if not args.check:
+        args.path.write_text(rendered, encoding="utf-8")
+        print(f"wrote the settings tables of {args.path}")
+    elif rendered != current:
+        print(
+            f"{args.path}'s settings tables differ from gateway/settings.py: run scripts/settings-table",
+            file=sys.stderr,
+        )
+        return 1
+    else:
+        print(f"{args.path}'s settings tables are up to date")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

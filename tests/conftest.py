@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import AsyncIterator, Collection, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -129,8 +129,7 @@ def engine(store: Store, clock: Clock) -> CredentialEngine:
 
 @pytest.fixture
 def settings(database: Database, tmp_path: Path) -> Settings:
-    return replace(
-        Settings(),
+    return Settings().replace(
         database_url=database.url,
         database_schema=database.schema,
         data_dir=str(tmp_path),
@@ -153,8 +152,8 @@ def bearer(
     the test secret, granting `rights` (default: DeviceActionsPost for every study and mode)."""
     token = mint_token(
         TEST_HS256_SECRET.encode(),
-        issuer=settings.auth_issuer,
-        audience=settings.auth_audience,
+        issuer=settings.auth.issuer,
+        audience=settings.auth.audience,
         subject=subject,
         rights=ALL_RIGHTS if rights is None else rights,
         ttl_seconds=ttl_seconds,

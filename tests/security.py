@@ -8,7 +8,7 @@ import hashlib
 import hmac
 import json
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -139,6 +139,4 @@ def sqlite_settings(tmp_path: Path, **overrides: Any) -> Settings:
         "audit_key_file": str(key_file),
     }
     values.update(overrides)
-    settings = replace(Settings(), **values)
-    settings.check()
-    return settings
+    return Settings().replace(**values)

@@ -53,7 +53,7 @@ async def fill(trail: AuditTrail, rows: int) -> None:
 
 @pytest.fixture
 def live_settings(settings: Settings) -> Settings:
-    return replace(settings, insecure_disable_auth=True, rate_limit_device=0, rate_limit_caller=0)
+    return settings.replace(insecure_disable_auth=True, rate_limit_device=0, rate_limit_caller=0)
 
 
 async def test_verify_on_a_live_gateway_reads_one_snapshot_and_blocks_nobody(
@@ -144,7 +144,7 @@ def test_a_head_is_seq_and_mac() -> None:
 
 
 def test_the_development_key_is_made_once_readable_by_its_owner_only(tmp_path: Path) -> None:
-    settings = replace(Settings(), data_dir=str(tmp_path / "data"))
+    settings = Settings().replace(data_dir=str(tmp_path / "data"))
     key = audit_key(settings)
     assert len(key) == 32
     assert audit_key(settings) == key

@@ -455,7 +455,9 @@ def test_the_development_secret_is_made_once_and_private(tmp_path: Path) -> None
 async def test_the_embedded_default_accepts_development_tokens(tmp_path: Path) -> None:
     settings = sqlite_settings(tmp_path, auth_hs256_secret="")
     async with serve(settings) as gateway:
-        token = development_token(settings, study=STUDY, mode="active", ttl_seconds=60, subject="dev")
+        token = development_token(
+            settings.auth, settings.data_dir, study=STUDY, mode="active", ttl_seconds=60, subject="dev"
+        )
         response = await gateway.regenerate(token)
         assert response.status_code == 200, response.text
         assert gateway.backend.callers[0].principal == Principal(
@@ -499,8 +501,8 @@ async def test_gateway_token_prints_a_token_the_gateway_accepts(
     settings = Settings.from_env()
     authenticator = Authenticator(
         SecretKey(development_secret(cli_env)),
-        issuer=settings.auth_issuer,
-        audience=settings.auth_audience,
+        issuer=settings.auth.issuer,
+        audience=settings.auth.audience,
         algorithms=["HS256"],
     )
     principal = await authenticator.authenticate(f"Bearer {token}")
@@ -621,11 +623,11 @@ def test_auth_settings_are_checked(env: dict[str, str], message: str) -> None:
 
 def test_auth_settings_defaults() -> None:
     settings = Settings.from_env({"GATEWAY_ENV_FILE": ""})
-    assert settings.allowed_auth_algorithms == ("HS256",)
+    assert settings.auth.allowed_algorithms == ("HS256",)
     assert not settings.production
-    assert not settings.insecure_disable_auth
+    assert not settings.auth.insecure_disable_auth
     jwks = Settings.from_env({"GATEWAY_ENV_FILE": "", "GATEWAY_AUTH_JWKS_URL": "https://idp.example/jwks"})
-    assert jwks.allowed_auth_algorithms == ("RS256", "ES256")
+    assert jwks.auth.allowed_algorithms == ("RS256", "ES256")
     production = Settings.from_env(
         {"GATEWAY_ENV_FILE": "", "GATEWAY_PRODUCTION": "yes", "GATEWAY_AUTH_JWKS_URL": "https://idp.example/jwks"}
     )

@@ -13,7 +13,6 @@ from __future__ import annotations
 import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import replace
 from datetime import timedelta
 
 import anyio
@@ -46,7 +45,7 @@ def engine_under_attack(store: Store, clock: Clock) -> CredentialEngine:
 @asynccontextmanager
 async def serving(settings: Settings, engine: CredentialEngine, client_limit: int) -> AsyncIterator[httpx.AsyncClient]:
     """The gateway over `engine` on loopback, its client-address limit at `client_limit` (0: none)."""
-    limited = replace(settings, bootstrap_rate_limit_client=client_limit, bootstrap_rate_limit_access_id=0)
+    limited = settings.replace(bootstrap_rate_limit_client=client_limit, bootstrap_rate_limit_access_id=0)
     app = create_app(limited, backend=engine)
     limits = httpx.Limits(max_connections=64)
     async with run_server(app) as url, httpx.AsyncClient(base_url=url, limits=limits, timeout=30) as http:

@@ -4,7 +4,6 @@ object, oversized headers, and an error nobody expected, each answered cleanly w
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import replace
 
 import httpx
 import pytest
@@ -20,7 +19,7 @@ pytestmark = pytest.mark.anyio
 
 @pytest.fixture
 async def gateway(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(replace(settings, insecure_disable_auth=True))
+    app = create_app(settings.replace(insecure_disable_auth=True))
 
     async def explode(request: Request) -> None:
         raise RuntimeError("an unexpected failure")

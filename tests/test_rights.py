@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +63,7 @@ async def deploy(backend: str, tmp_path: Path, **overrides: Any) -> AsyncIterato
         upstream = None
         if backend == "upstream":
             upstream, url = await stack.enter_async_context(serve_scripted())
-            settings = replace(settings, backend="upstream", upstream_url=url)
+            settings = settings.replace(backend="upstream", upstream_url=url)
         else:
             store = await Store.open(settings.store_url, tables=ALL_TABLES)
             await seed(store, load_registry(DEMO_REGISTRY))

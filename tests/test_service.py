@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-from dataclasses import replace
 from datetime import timedelta
 
 import pytest
@@ -113,7 +112,7 @@ async def test_without_the_right_nothing_happens_but_one_denied_row(
 async def test_no_principal_is_denied_unless_auth_is_off(store: Store, engine: CredentialEngine, clock: Clock) -> None:
     svc, backend = service(store, engine, clock)
     assert (await refusal(svc, request(), caller(None))).code is ErrorCode.PERMISSION_DENIED
-    auth_off = Policy.from_settings(replace(Settings(), insecure_disable_auth=True))
+    auth_off = Policy.from_settings(Settings().rate_limits, require_principal=False)
     open_policy = RegenerationService(backend, svc.audit, svc.limiter, auth_off, clock)
     await open_policy.regenerate(request(), caller(None))
     assert backend.calls == 1
@@ -229,7 +228,7 @@ async def test_an_unrecognised_upstream_error_is_audited(store: Store, clock: Cl
         async def regenerate(self, ref: DeviceRef, caller: Caller, attempt: Attempt) -> Credentials:
             raise UnrecognizedUpstream(upstream_status=418, upstream_code="TEAPOT")
 
-    policy = Policy.from_settings(Settings())
+    policy = Policy.from_settings(Settings().rate_limits)
     svc = RegenerationService(
         Unrecognised(), AuditTrail(store, TEST_AUDIT_KEY), RateLimiter(store, clock), policy, clock
     )

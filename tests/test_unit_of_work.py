@@ -186,7 +186,7 @@ def _release_later(holder: sqlite3.Connection) -> None:
 
 @pytest.mark.parametrize(("backend", "engine_tables"), [("local", True), ("upstream", False)])
 async def test_upstream_mode_creates_no_engine_tables(database: Database, backend: str, engine_tables: bool) -> None:
-    settings = Settings(backend=backend, upstream_url="https://tenant.example")
+    settings = Settings().replace(backend=backend, upstream_url="https://tenant.example")
     store = await Store.open(database.url, schema=database.schema, tables=store_tables(settings))
     try:
         names = set(await store.read(lambda conn: inspect(conn).get_table_names(schema=database.schema or None)))

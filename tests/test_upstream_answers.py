@@ -198,8 +198,8 @@ async def test_an_odd_content_encoding_is_an_upstream_failure() -> None:
         )
 
     settings = upstream_settings("http://upstream.invalid")
-    async with httpx.AsyncClient(base_url=settings.upstream_url, transport=httpx.MockTransport(respond)) as http:
-        client = UpstreamClient.from_settings(settings, http)
+    async with httpx.AsyncClient(base_url=settings.upstream.url, transport=httpx.MockTransport(respond)) as http:
+        client = UpstreamClient.from_settings(settings.upstream, http)
         ref = DeviceRef.parse(
             study_id=STUDY, mode=StudyMode.ACTIVE, subject_id=SUBJECT, inventory_id=READY_DEVICE, m_subject_id="M-1"
         )

@@ -14,7 +14,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -74,7 +74,7 @@ def base_settings(data_dir: Path, **overrides: Any) -> Settings:
         "rate_limit_caller": 1_000_000,
     }
     values.update(overrides)
-    return replace(Settings(), **values)
+    return Settings().replace(**values)
 
 
 @asynccontextmanager

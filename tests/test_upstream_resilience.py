@@ -227,7 +227,7 @@ async def test_readyz_shows_the_breaker() -> None:
     async with serve_scripted(upstream) as (_, url):
         settings = upstream_settings(url, upstream_breaker_failure_threshold=1)
         async with httpx.AsyncClient(base_url=url) as http:
-            client = UpstreamClient.from_settings(settings, http, clock=clock)
+            client = UpstreamClient.from_settings(settings.upstream, http, clock=clock)
             async with run_server(create_app(settings, backend=client)) as gateway, httpx.AsyncClient() as probe:
                 ready = await probe.get(f"{gateway}/readyz")
                 assert ready.status_code == 200
@@ -241,7 +241,7 @@ async def test_readyz_shows_the_breaker() -> None:
                 assert not_ready.json()["circuit"] == "open"
                 assert not_ready.json()["backend"] == "upstream"
 
-                clock.advance(settings.upstream_breaker_reset_seconds)
+                clock.advance(settings.upstream.breaker_reset_seconds)
                 upstream.handler = OK
                 assert (await probe.get(f"{gateway}/readyz")).json()["circuit"] == "half-open"
                 assert (await client.regenerate(REF, CALLER)).otp == FAKE_OTP

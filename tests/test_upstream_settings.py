@@ -23,11 +23,11 @@ SERVICE_ACCOUNT = {
 
 def test_defaults_follow_oracles_advice() -> None:
     settings = Settings.from_env(UPSTREAM)
-    assert settings.upstream_connect_timeout_seconds == 5
-    assert settings.upstream_read_timeout_seconds == 120  # "expect up to a 2-minute network timeout"
-    assert settings.upstream_connect_retries == 2
-    assert settings.upstream_auth == "forward"
-    assert settings.upstream_max_concurrency <= settings.upstream_max_connections
+    assert settings.upstream.connect_timeout_seconds == 5
+    assert settings.upstream.read_timeout_seconds == 120  # "expect up to a 2-minute network timeout"
+    assert settings.upstream.connect_retries == 2
+    assert settings.upstream.auth == "forward"
+    assert settings.upstream.max_concurrency <= settings.upstream.max_connections
 
 
 def test_every_upstream_setting_is_read_from_its_variable() -> None:
@@ -49,17 +49,17 @@ def test_every_upstream_setting_is_read_from_its_variable() -> None:
         "GATEWAY_UPSTREAM_RETRY_BACKOFF_SECONDS": "0.5",
     }
     settings = Settings.from_env(env)
-    assert (settings.upstream_connect_timeout_seconds, settings.upstream_read_timeout_seconds) == (2.5, 60)
-    assert (settings.upstream_write_timeout_seconds, settings.upstream_pool_timeout_seconds) == (10, 3)
-    assert (settings.upstream_max_connections, settings.upstream_max_keepalive_connections) == (20, 10)
-    assert settings.upstream_keepalive_expiry_seconds == 2
-    assert (settings.upstream_max_concurrency, settings.upstream_queue_timeout_seconds) == (8, 1.5)
-    assert (settings.upstream_breaker_failure_threshold, settings.upstream_breaker_reset_seconds) == (3, 12)
-    assert (settings.upstream_connect_retries, settings.upstream_retry_backoff_seconds) == (0, 0.5)
-    assert settings.upstream_auth == "client-credentials"
-    assert settings.upstream_token_url == "https://idcs.example/oauth2/v1/token"
-    assert settings.upstream_client_id == "test-client-id"
-    assert settings.upstream_scope == "tenant.ec-ors-svc.all"
+    assert (settings.upstream.connect_timeout_seconds, settings.upstream.read_timeout_seconds) == (2.5, 60)
+    assert (settings.upstream.write_timeout_seconds, settings.upstream.pool_timeout_seconds) == (10, 3)
+    assert (settings.upstream.max_connections, settings.upstream.max_keepalive_connections) == (20, 10)
+    assert settings.upstream.keepalive_expiry_seconds == 2
+    assert (settings.upstream.max_concurrency, settings.upstream.queue_timeout_seconds) == (8, 1.5)
+    assert (settings.upstream.breaker_failure_threshold, settings.upstream.breaker_reset_seconds) == (3, 12)
+    assert (settings.upstream.connect_retries, settings.upstream.retry_backoff_seconds) == (0, 0.5)
+    assert settings.upstream.auth == "client-credentials"
+    assert settings.upstream.token_url == "https://idcs.example/oauth2/v1/token"
+    assert settings.upstream.client_id == "test-client-id"
+    assert settings.upstream.scope == "tenant.ec-ors-svc.all"
 
 
 @pytest.mark.parametrize(
@@ -101,13 +101,13 @@ def test_the_client_secret_stays_out_of_reprs() -> None:
 
 async def test_the_pooled_client_is_built_from_the_settings() -> None:
     settings = Settings.from_env({**UPSTREAM, **SERVICE_ACCOUNT, "GATEWAY_UPSTREAM_CONNECT_TIMEOUT_SECONDS": "3"})
-    async with upstream_http_client(settings) as http:
+    async with upstream_http_client(settings.upstream) as http:
         assert http.base_url == httpx.URL("https://tenant.example")
         assert http.timeout == httpx.Timeout(connect=3, read=120, write=30, pool=5)
         assert http.follow_redirects is False
         assert http.trust_env is False
-        client = UpstreamClient.from_settings(settings, http)
+        client = UpstreamClient.from_settings(settings.upstream, http)
         assert client.name == "upstream"
         assert isinstance(client.auth, ClientCredentialsAuth)
-        assert isinstance(UpstreamClient.from_settings(Settings.from_env(UPSTREAM), http).auth, ForwardAuth)
+        assert isinstance(UpstreamClient.from_settings(Settings.from_env(UPSTREAM).upstream, http).auth, ForwardAuth)
     assert http.is_closed

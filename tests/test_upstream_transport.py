@@ -41,7 +41,7 @@ OK = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\
 
 @asynccontextmanager
 async def client(url: str, **overrides: Any) -> AsyncIterator[httpx.AsyncClient]:
-    async with upstream_http_client(upstream_settings(url, **overrides)) as http:
+    async with upstream_http_client(upstream_settings(url, **overrides).upstream) as http:
         yield http
 
 
@@ -226,7 +226,9 @@ async def test_proxy_variables_are_ignored(monkeypatch: pytest.MonkeyPatch) -> N
 async def test_no_free_connection_within_the_pool_timeout_is_pool_timeout_and_nothing_sent() -> None:
     async with (
         raw_server(never_answer) as server,
-        client(server.url, upstream_max_connections=1, upstream_pool_timeout_seconds=0.2) as http,
+        client(
+            server.url, upstream_max_connections=1, upstream_max_concurrency=1, upstream_pool_timeout_seconds=0.2
+        ) as http,
         anyio.create_task_group() as tasks,
     ):
         tasks.start_soon(http.put, PATH)
@@ -254,7 +256,9 @@ async def test_a_call_cancelled_waiting_or_reading_gives_its_connection_back() -
 
     async with (
         raw_server(partial_answer_then_silence) as server,
-        client(server.url, upstream_max_connections=1, upstream_pool_timeout_seconds=0.2) as http,
+        client(
+            server.url, upstream_max_connections=1, upstream_max_concurrency=1, upstream_pool_timeout_seconds=0.2
+        ) as http,
     ):
         with anyio.move_on_after(0.2):  # cancelled while reading the body
             async with http.stream("PUT", PATH) as response:

@@ -14,7 +14,7 @@ import socket
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
@@ -220,7 +220,7 @@ def upstream_settings(url: str, **overrides: Any) -> Settings:
         "upstream_retry_backoff_seconds": 0.01,
     }
     values.update(overrides)
-    return replace(Settings(), **values)
+    return Settings().replace(**values)
 
 
 @asynccontextmanager
@@ -238,5 +238,5 @@ async def upstream_client(
         options["clock"] = clock
     if sleep is not None:
         options["sleep"] = sleep
-    async with upstream_http_client(settings) as http:
-        yield UpstreamClient.from_settings(settings, http, **options)
+    async with upstream_http_client(settings.upstream) as http:
+        yield UpstreamClient.from_settings(settings.upstream, http, **options)

@@ -47,7 +47,7 @@ from gateway.api.types import (
     render_refusal,
 )
 from gateway.domain import Refusal
-from gateway.settings import Settings
+from gateway.settings import GraphQLSettings
 
 log = logging.getLogger(__name__)
 
@@ -121,24 +121,24 @@ class GatewaySchema(strawberry.Schema):
     served (no route or transport reaches them) and refuse to run unguarded.
     """
 
-    def __init__(self, *, query: type, mutation: type, settings: Settings) -> None:
+    def __init__(self, *, query: type, mutation: type, settings: GraphQLSettings, production: bool) -> None:
         super().__init__(query=query, mutation=mutation)
         self.guard_work = GuardWork()
         """What the document guards did, for tests and profiling."""
         limits = DocumentLimits(
-            max_depth=settings.graphql_max_depth,
-            max_aliases=settings.graphql_max_aliases,
-            max_selections=settings.graphql_max_selections,
+            max_depth=settings.max_depth,
+            max_aliases=settings.max_aliases,
+            max_selections=settings.max_selections,
         )
         rules: list[type[ASTValidationRule]] = [*specified_rules, MaybeNullValidationRule, OneOfInputValidationRule]
-        if settings.production:
+        if production:
             rules.append(NoSchemaIntrospectionCustomRule)
         self.documents = DocumentCache(
             self._schema,
             guards=document_guards(limits, self.guard_work),
             rules=rules,
-            max_tokens=settings.graphql_max_tokens,
-            size=settings.graphql_document_cache_size,
+            max_tokens=settings.max_tokens,
+            size=settings.document_cache_size,
         )
 
     def process_errors(self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None) -> None:
@@ -272,11 +272,11 @@ class GatewaySchema(strawberry.Schema):
         raise NotImplementedError("the gateway serves GraphQL over plain HTTP only: use execute")
 
 
-def build_schema(settings: Settings | None = None) -> GatewaySchema:
+def build_schema(settings: GraphQLSettings | None = None, *, production: bool = False) -> GatewaySchema:
     """The schema with the settings' limits (depth, aliases counted through fragments, fan-out,
     tokens), its document cache, suggestions hidden and introspection off in production. The SDL
     never depends on them."""
-    return GatewaySchema(query=Query, mutation=Mutation, settings=settings or Settings())
+    return GatewaySchema(query=Query, mutation=Mutation, settings=settings or GraphQLSettings(), production=production)
 
 
 schema = build_schema()

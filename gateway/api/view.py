@@ -28,7 +28,7 @@ from strawberry.schema import BaseSchema
 from gateway.api.context import Context
 from gateway.api.guards import TrustedDocuments, UntrustedDocument
 from gateway.callers import caller_of
-from gateway.settings import Settings
+from gateway.settings import GraphQLSettings
 from gateway.state import state_of
 
 IDE_HEADERS_TEMPLATE = "{\n  \"Authorization\": \"Bearer paste-the-output-of: gateway token --study '*' --mode '*'\"\n}"
@@ -47,10 +47,10 @@ def request_error(status: int, message: str) -> JSONResponse:
 
 
 class GraphQLView(GraphQL[Context, None]):
-    def __init__(self, schema: BaseSchema, *, settings: Settings) -> None:
+    def __init__(self, schema: BaseSchema, *, settings: GraphQLSettings, production: bool) -> None:
         super().__init__(
             schema,
-            graphql_ide=None if settings.production else "graphiql",
+            graphql_ide=None if production else "graphiql",
             allow_queries_via_get=True,
             multipart_uploads_enabled=False,
         )

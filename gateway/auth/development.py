@@ -15,7 +15,7 @@ import jwt
 
 from gateway.domain import DEVICE_ACTIONS_POST, InvalidInput, StudyMode, parse_guid
 from gateway.keyfiles import private_file
-from gateway.settings import Settings
+from gateway.settings import AuthSettings
 
 DEV_SECRET_FILE = "auth-dev-secret"  # noqa: S105 - a file name, not a secret
 """The development HS256 secret's file in the data folder (mode 0600, made on first use)."""
@@ -31,13 +31,14 @@ def development_secret(data_dir: str | Path) -> bytes:
     return secret.encode("ascii")
 
 
-def signing_secret(settings: Settings) -> bytes | None:
-    """The HS256 secret tokens are signed with: the configured one, else (no JWKS) the development one."""
-    if settings.auth_hs256_secret:
-        return settings.auth_hs256_secret.encode("utf-8")
-    if settings.auth_jwks_url:
+def signing_secret(settings: AuthSettings, data_dir: str | Path) -> bytes | None:
+    """The HS256 secret tokens are signed with: the configured one, else (no JWKS) the development one
+    in `data_dir`."""
+    if configured := settings.hs256_secret.get_secret_value():
+        return configured.encode("utf-8")
+    if settings.jwks_url:
         return None
-    return development_secret(settings.data_dir)
+    return development_secret(data_dir)
 
 
 def mint_token(
@@ -65,9 +66,11 @@ def mint_token(
     return jwt.encode(claims, secret, algorithm="HS256")
 
 
-def development_token(settings: Settings, *, study: str, mode: str, ttl_seconds: int, subject: str) -> str:
+def development_token(
+    settings: AuthSettings, data_dir: str | Path, *, study: str, mode: str, ttl_seconds: int, subject: str
+) -> str:
     """What `gateway token` prints: DeviceActionsPost for one study (or `*`) in one mode (or `*`)."""
-    secret = signing_secret(settings)
+    secret = signing_secret(settings, data_dir)
     if secret is None:
         raise ValueError(
             "this gateway checks tokens against GATEWAY_AUTH_JWKS_URL: get a token from that identity provider"
@@ -81,22 +84,22 @@ def development_token(settings: Settings, *, study: str, mode: str, ttl_seconds:
         raise ValueError("--mode must be active, test, training or *")
     return mint_token(
         secret,
-        issuer=settings.auth_issuer,
-        audience=settings.auth_audience,
+        issuer=settings.issuer,
+        audience=settings.audience,
         subject=subject,
         rights={study_key: {mode_key: [DEVICE_ACTIONS_POST]}},
         ttl_seconds=ttl_seconds,
     )
 
 
-def serve_hint(settings: Settings, command: str = "gateway") -> str:
+def serve_hint(settings: AuthSettings, command: str = "gateway") -> str:
     """The line `gateway serve` prints about authentication; `command` is how this gateway was run."""
     if settings.insecure_disable_auth:
         return "Auth: OFF (GATEWAY_INSECURE_DISABLE_AUTH=true): anyone who reaches this port can regenerate credentials"
-    if settings.auth_jwks_url:
+    if settings.jwks_url:
         return (
-            f"Auth: bearer tokens from your identity provider (keys: {settings.auth_jwks_url}, "
-            f"issuer {settings.auth_issuer}, audience {settings.auth_audience})"
+            f"Auth: bearer tokens from your identity provider (keys: {settings.jwks_url}, "
+            f"issuer {settings.issuer}, audience {settings.audience})"
         )
     return (
         f"Auth: every call needs a bearer token. Get one with: {command} token --study '*' --mode '*'  "

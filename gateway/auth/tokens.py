@@ -23,7 +23,7 @@ from gateway.auth.development import signing_secret
 from gateway.auth.errors import InvalidToken, MissingToken
 from gateway.auth.keys import JwksKeys, KeySource, SecretKey
 from gateway.domain import InvalidInput, Principal, StudyMode, parse_guid
-from gateway.settings import Settings
+from gateway.settings import AuthSettings
 
 log = logging.getLogger(__name__)
 
@@ -138,28 +138,29 @@ class Authenticator:
         return principal_from_claims(claims)
 
 
-async def open_authenticator(settings: Settings, resources: AsyncExitStack) -> Authenticator | None:
+async def open_authenticator(settings: AuthSettings, data_dir: str, resources: AsyncExitStack) -> Authenticator | None:
     """The authenticator the settings describe (None when authentication is switched off).
 
-    With a JWKS its httpx client goes on `resources`, which the lifespan closes.
+    With a JWKS its httpx client goes on `resources`, which the lifespan closes; without one, the
+    development secret is kept in `data_dir`.
     """
     if settings.insecure_disable_auth:
         log.warning("AUTHENTICATION IS OFF (GATEWAY_INSECURE_DISABLE_AUTH=true): every caller is let in")
         return None
     keys: KeySource
-    if settings.auth_jwks_url:
+    if settings.jwks_url:
         http = await resources.enter_async_context(
-            httpx.AsyncClient(timeout=settings.auth_jwks_timeout_seconds, follow_redirects=False)
+            httpx.AsyncClient(timeout=settings.jwks_timeout_seconds, follow_redirects=False)
         )
-        keys = JwksKeys(settings.auth_jwks_url, http, max_age=settings.auth_jwks_cache_seconds)
+        keys = JwksKeys(settings.jwks_url, http, max_age=settings.jwks_cache_seconds)
     else:
-        secret = await anyio.to_thread.run_sync(signing_secret, settings)
+        secret = await anyio.to_thread.run_sync(signing_secret, settings, data_dir)
         assert secret is not None
         keys = SecretKey(secret)
     return Authenticator(
         keys,
-        issuer=settings.auth_issuer,
-        audience=settings.auth_audience,
-        algorithms=settings.allowed_auth_algorithms,
-        leeway=settings.auth_leeway_seconds,
+        issuer=settings.issuer,
+        audience=settings.audience,
+        algorithms=settings.allowed_algorithms,
+        leeway=settings.leeway_seconds,
     )

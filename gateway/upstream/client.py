@@ -31,7 +31,7 @@ from gateway.domain import (
     UpstreamFailure,
     utc_now,
 )
-from gateway.settings import Settings
+from gateway.settings import UpstreamSettings
 from gateway.upstream.answers import MAX_BODY_BYTES, Answer, read_answer
 from gateway.upstream.bodies import ACCEPT_ENCODING, read_capped
 from gateway.upstream.credentials import ClientCredentialsAuth, ForwardAuth, UpstreamAuth
@@ -50,30 +50,30 @@ from gateway.upstream.transport import AiohttpTransport
 log = logging.getLogger(__name__)
 
 
-def upstream_http_client(settings: Settings) -> httpx.AsyncClient:
+def upstream_http_client(settings: UpstreamSettings) -> httpx.AsyncClient:
     """The one pooled HTTP client for upstream calls (and the token endpoint); the lifespan closes it.
 
     httpx's API over aiohttp's connection pool (`transport.AiohttpTransport`): the same timeouts,
     pool limits and keep-alive expiry, at a fraction of the CPU per call.
     """
     verify = (
-        ssl.create_default_context(cafile=settings.upstream_ca_file)
-        if settings.upstream_ca_file
+        ssl.create_default_context(cafile=settings.ca_file)
+        if settings.ca_file
         else httpx.create_ssl_context(trust_env=False)  # certifi's bundle, as httpx's default transport
     )
     limits = httpx.Limits(
-        max_connections=settings.upstream_max_connections,
-        max_keepalive_connections=settings.upstream_max_keepalive_connections,
-        keepalive_expiry=settings.upstream_keepalive_expiry_seconds,
+        max_connections=settings.max_connections,
+        max_keepalive_connections=settings.max_keepalive_connections,
+        keepalive_expiry=settings.keepalive_expiry_seconds,
     )
     return httpx.AsyncClient(
-        base_url=settings.upstream_url,
+        base_url=settings.url,
         transport=AiohttpTransport(verify=verify, limits=limits),
         timeout=httpx.Timeout(
-            connect=settings.upstream_connect_timeout_seconds,
-            read=settings.upstream_read_timeout_seconds,
-            write=settings.upstream_write_timeout_seconds,
-            pool=settings.upstream_pool_timeout_seconds,
+            connect=settings.connect_timeout_seconds,
+            read=settings.read_timeout_seconds,
+            write=settings.write_timeout_seconds,
+            pool=settings.pool_timeout_seconds,
         ),
         # A PUT is never replayed elsewhere: a redirect is reported, not followed.
         follow_redirects=False,
@@ -131,7 +131,7 @@ class UpstreamClient:
     @classmethod
     def from_settings(
         cls,
-        settings: Settings,
+        settings: UpstreamSettings,
         http: httpx.AsyncClient,
         *,
         clock: MonotonicClock = time.monotonic,
@@ -139,15 +139,15 @@ class UpstreamClient:
         sleep: Sleep = anyio.sleep,
     ) -> UpstreamClient:
         """The client the settings describe, over `http` (from `upstream_http_client`, owned by the caller)."""
-        retry = ConnectRetry(settings.upstream_connect_retries, settings.upstream_retry_backoff_seconds, sleep=sleep)
+        retry = ConnectRetry(settings.connect_retries, settings.retry_backoff_seconds, sleep=sleep)
         auth: UpstreamAuth = ForwardAuth()
-        if settings.upstream_auth == "client-credentials":
+        if settings.auth == "client-credentials":
             auth = ClientCredentialsAuth(
                 http,
-                token_url=settings.upstream_token_url,
-                client_id=settings.upstream_client_id,
-                client_secret=settings.upstream_client_secret,
-                scope=settings.upstream_scope,
+                token_url=settings.token_url,
+                client_id=settings.client_id,
+                client_secret=settings.client_secret.get_secret_value(),
+                scope=settings.scope,
                 retry=retry,
                 clock=clock,
             )
@@ -155,11 +155,9 @@ class UpstreamClient:
             http,
             auth=auth,
             retry=retry,
-            limit=ConcurrencyLimit(settings.upstream_max_concurrency, settings.upstream_queue_timeout_seconds),
-            breaker=CircuitBreaker(
-                settings.upstream_breaker_failure_threshold, settings.upstream_breaker_reset_seconds, clock=clock
-            ),
-            total_timeout=settings.upstream_total_timeout_seconds,
+            limit=ConcurrencyLimit(settings.max_concurrency, settings.queue_timeout_seconds),
+            breaker=CircuitBreaker(settings.breaker_failure_threshold, settings.breaker_reset_seconds, clock=clock),
+            total_timeout=settings.total_timeout_seconds,
             now=now,
         )
 
