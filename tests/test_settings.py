@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from gateway.settings import VARIABLES, Settings, SettingsError
+from gateway.settings import VARIABLES, Settings, SettingsError, settings_table, with_settings_tables
 
 
 def test_defaults() -> None:
@@ -174,3 +174,10 @@ def test_a_bad_value_is_one_line_naming_its_variable_wherever_it_comes_from() ->
     with pytest.raises(TypeError, match="no variable GATEWAY_UPSTREAM_TIMEOUT"):
         Settings().replace(upstream_timeout=1)
 
+
+def test_the_readme_tables_are_rendered_from_the_settings() -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    assert with_settings_tables(readme) == readme, "run scripts/settings-table"
+    for name in [*VARIABLES, "GATEWAY_ENV_FILE"]:
+        assert f"| `{name}` |" in readme
+    assert "(between 2 and 100)" in settings_table(["graphql"])
