@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from collections.abc import Sequence
 from contextlib import nullcontext
 from pathlib import Path
+from typing import TextIO
 
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -67,16 +69,17 @@ def serve(settings: Settings, workers: int) -> int:
 
     configure_logging(settings)
     audit_key(settings)  # a missing or unreadable key stops here, in one line, before any worker starts
+    demo = settings.backend == "local" and settings.demo_data and not settings.production  # never in production
     if settings.backend == "local":
         # Create the tables and load the demo data here, once, before any worker starts.
-        loaded = settings.demo_data and asyncio.run(_seed(settings, load_registry(DEMO_REGISTRY), only_if_empty=True))
+        loaded = demo and asyncio.run(_seed(settings, load_registry(DEMO_REGISTRY), only_if_empty=True))
         where = settings.database_url or settings.store_url
         print(f"Local credential engine, store: {where}" + (" (demo data loaded)" if loaded else ""))
     base = f"http://{settings.http.host}:{settings.http.port}"
     ide = "GraphQL (GraphiQL off in production)" if settings.production else "GraphiQL"
     print(f"{ide}: {base}/graphql    REST: {base}/ec-ors-svc/rest/v1.0/…    health: {base}/healthz")
     print(serve_hint(settings.auth, _command()))
-    if settings.backend == "local" and settings.demo_data:
+    if demo:
         print("Paste this into GraphiQL (the demo data set answers it):\n")
         print(SAMPLE_MUTATION + "\n", flush=True)
     uvicorn.run(
@@ -118,13 +121,18 @@ async def audit(settings: Settings, action: str, output: Path | None = None, exp
         await store.close()
 
 
+def _private(path: Path) -> TextIO:
+    """`path` opened for writing, readable by its owner only (an export names callers and devices)."""
+    return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w", encoding="utf-8")
+
+
 async def _audit(trail: AuditTrail, action: str, output: Path | None, head: Head | None) -> int:
     """`gateway audit head|export|verify` on an open trail."""
     if action == "head":
         print(await trail.head())
         return 0
     if action == "export":
-        with output.open("w", encoding="utf-8") if output else nullcontext(sys.stdout) as sink:
+        with _private(output) if output else nullcontext(sys.stdout) as sink:
             await trail.export(sink)
         return 0
     verdict = await trail.verify(head)

@@ -19,6 +19,7 @@ from these fields: `python -m gateway.settings [--check]` (`scripts/settings-tab
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 import sys
@@ -39,6 +40,18 @@ from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSetti
 PREFIX = "GATEWAY_"
 ENV_FILE = "GATEWAY_ENV_FILE"
 """The `.env`-style file `Settings.from_env` reads: not a field, it says where the fields come from."""
+
+
+_MIN_SECRET_BITS = 128
+"""What a production HS256 secret must carry, estimated from its characters."""
+
+
+def _entropy_bits(secret: str) -> float:
+    """An upper bound of the secret's entropy: its length times the Shannon entropy of its characters
+    (40 times `k` carries none; `secrets.token_urlsafe(48)` about 340 bits)."""
+    counts = [secret.count(char) for char in set(secret)]
+    per_char = -sum(count / len(secret) * math.log2(count / len(secret)) for count in counts)
+    return per_char * len(secret)
 
 
 class SettingsError(ValueError):
@@ -375,8 +388,12 @@ class Settings(_Group):
     log_level: Annotated[Literal["debug", "info", "warning", "error"], Choice] = "info"
     """the level of the gateway's own loggers (libraries log from `info` up)"""
     production: bool = False
-    """introspection and GraphiQL off; refuses `GATEWAY_INSECURE_DISABLE_AUTH`, the development secret, a
-    plain-http JWKS URL off loopback, an audit key in the data folder and `gateway token`"""
+    """introspection and GraphiQL off; no demo data; refuses `GATEWAY_INSECURE_DISABLE_AUTH`, the development
+    secret, a predictable HS256 secret, plain-http upstream, token and JWKS URLs, an audit key in the data
+    folder and `gateway token`"""
+    allow_plaintext_loopback: bool = False
+    """in production, allow plain `http://` upstream, token and JWKS URLs on a loopback address (a sidecar
+    proxy that adds TLS); every other plain URL is refused there"""
     audit_key_file: ReadableFile = ""
     """file holding the audit trail's MAC key (hex, at least 32 bytes); empty: a key made once in
     `GATEWAY_DATA_DIR` (refused in production, where the key must live outside the data folder)"""
@@ -404,10 +421,30 @@ class Settings(_Group):
                     "GATEWAY_PRODUCTION=true needs GATEWAY_AUTH_JWKS_URL (or GATEWAY_AUTH_HS256_SECRET): "
                     "the development secret file is refused in production"
                 )
-            jwks = urlsplit(self.auth.jwks_url)
-            if jwks.scheme == "http" and jwks.hostname not in _LOOPBACK:
-                raise ValueError("GATEWAY_AUTH_JWKS_URL must use https when GATEWAY_PRODUCTION=true")
+            for variable, url in (
+                ("GATEWAY_UPSTREAM_URL", self.upstream.url),
+                ("GATEWAY_UPSTREAM_TOKEN_URL", self.upstream.token_url),
+                ("GATEWAY_AUTH_JWKS_URL", self.auth.jwks_url),
+            ):
+                self._refuse_plaintext(variable, url)
+            secret = self.auth.hs256_secret.get_secret_value()
+            if secret and _entropy_bits(secret) < _MIN_SECRET_BITS:
+                raise ValueError(
+                    "GATEWAY_AUTH_HS256_SECRET is too predictable for GATEWAY_PRODUCTION=true (make one with: "
+                    "python -c 'import secrets; print(secrets.token_urlsafe(48))')"
+                )
         return self
+
+    def _refuse_plaintext(self, variable: str, url: str) -> None:
+        """In production every URL is https: plain http carries callers' tokens and the client
+        secret in clear. Loopback only with `GATEWAY_ALLOW_PLAINTEXT_LOOPBACK=true` (a sidecar)."""
+        parts = urlsplit(url)
+        if not url or parts.scheme == "https":
+            return
+        if parts.hostname in _LOOPBACK and self.allow_plaintext_loopback:
+            return
+        hint = " (or, on loopback, GATEWAY_ALLOW_PLAINTEXT_LOOPBACK=true)" if parts.hostname in _LOOPBACK else ""
+        raise ValueError(f"{variable} must use https when GATEWAY_PRODUCTION=true{hint}")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

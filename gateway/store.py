@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
@@ -326,6 +327,15 @@ def _read(engine: Engine, query: Read[T]) -> T:
         return query(conn)
 
 
+def _private_database(path: Path) -> None:
+    """The database file (and so its -wal and -shm files, which SQLite makes with the same mode)
+    readable by its owner only, in a folder of mode 0700 when the gateway makes it."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
+    if os.name == "posix" and path.stat().st_mode & 0o077:
+        path.chmod(0o600)
+
+
 def _snapshot(engine: Engine, query: Read[T]) -> T:
     with engine.connect() as conn:
         conn.exec_driver_sql("BEGIN")  # deferred: a read transaction, one WAL snapshot, no write lock
@@ -364,7 +374,7 @@ class SqliteEngines:
     @classmethod
     def open(cls, url: URL) -> SqliteEngines:
         if url.database and url.database != ":memory:":
-            Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+            _private_database(Path(url.database))
         plain = url.set(drivername="sqlite+pysqlite")
         engine = create_async_engine(
             url, connect_args={"timeout": BUSY_TIMEOUT_SECONDS}, pool_size=1, max_overflow=0, pool_timeout=30

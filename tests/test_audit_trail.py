@@ -28,7 +28,7 @@ from gateway.audit import GENESIS, KEY_FILE, AuditEvent, AuditTrail, Head, audit
 from gateway.domain import utc_now
 from gateway.settings import Settings, SettingsError
 from gateway.store import Store, UnitOfWork
-from tests.conftest import ALL_TABLES, POSTGRES_URL, TEST_AUDIT_KEY, Database, rest_path
+from tests.conftest import ALL_TABLES, POSTGRES_URL, TEST_AUDIT_KEY, TEST_HS256_SECRET, Database, rest_path
 from tests.utils import run_server
 
 pytestmark = pytest.mark.anyio
@@ -154,7 +154,7 @@ def test_the_development_key_is_made_once_readable_by_its_owner_only(tmp_path: P
 
 
 def test_production_needs_a_key_file_and_reads_it(tmp_path: Path) -> None:
-    env = {"GATEWAY_ENV_FILE": "", "GATEWAY_PRODUCTION": "true", "GATEWAY_AUTH_HS256_SECRET": "x" * 8 + "y" * 40}
+    env = {"GATEWAY_ENV_FILE": "", "GATEWAY_PRODUCTION": "true", "GATEWAY_AUTH_HS256_SECRET": TEST_HS256_SECRET}
     with pytest.raises(SettingsError, match="GATEWAY_AUDIT_KEY_FILE is required"):
         audit_key(Settings.from_env(env))
     key_file = tmp_path / "audit.key"

@@ -33,7 +33,7 @@ from gateway.auth import (
 from gateway.cli import main
 from gateway.domain import DEVICE_ACTIONS_POST, Principal, StudyMode
 from gateway.settings import Settings, SettingsError
-from tests.conftest import REGENERATE, STUDY, bearer, device_input, rest_path
+from tests.conftest import REGENERATE, STUDY, TEST_HS256_SECRET, bearer, device_input, rest_path
 from tests.security import (
     AUDIENCE,
     ISSUER,
@@ -526,7 +526,7 @@ async def test_gateway_token_prints_a_token_the_gateway_accepts(
         ),
         (
             ["--study", "*", "--mode", "*"],
-            {"GATEWAY_PRODUCTION": "true", "GATEWAY_AUTH_HS256_SECRET": "p" * 40},
+            {"GATEWAY_PRODUCTION": "true", "GATEWAY_AUTH_HS256_SECRET": TEST_HS256_SECRET},
             "refused when GATEWAY_PRODUCTION=true",
         ),
     ],

@@ -108,6 +108,7 @@ OLD_NAMES: dict[str, tuple[str, str, object]] = {
     "GATEWAY_MAX_HEADER_BYTES": ("http.max_header_bytes", "8192", 8192),
     "GATEWAY_TRUSTED_DOCUMENTS": ("graphql.trusted_documents", __file__, __file__),
     "GATEWAY_AUDIT_KEY_FILE": ("audit_key_file", __file__, __file__),
+    "GATEWAY_ALLOW_PLAINTEXT_LOOPBACK": ("allow_plaintext_loopback", "true", True),
 }
 
 
