@@ -154,8 +154,9 @@ def token(settings: Settings, study: str, mode: str, ttl: int, subject: str) -> 
     """Print a development token (stdout: the token alone, so that it can be captured)."""
     if settings.production:
         raise SettingsError("development tokens are refused when GATEWAY_PRODUCTION=true")
-    if not 60 <= ttl <= 7 * 24 * 60 * 60:
-        raise SettingsError("--ttl must be between 60 and 604800 seconds")
+    longest = settings.auth.max_token_lifetime_seconds
+    if not 60 <= ttl <= longest:
+        raise SettingsError(f"--ttl must be between 60 and {longest} seconds (GATEWAY_AUTH_MAX_TOKEN_LIFETIME_SECONDS)")
     try:
         minted = development_token(
             settings.auth, settings.data_dir, study=study, mode=mode, ttl_seconds=ttl, subject=subject

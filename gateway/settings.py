@@ -220,6 +220,8 @@ class AuthSettings(_Group):
     a JWKS. Empty: `RS256,ES256` with a JWKS, `HS256` otherwise"""
     leeway_seconds: int = Field(30, ge=0, le=300)
     """allowed clock skew for `exp`, `nbf` and `iat`"""
+    max_token_lifetime_seconds: int = Field(_DAY, ge=_MINUTE, le=30 * _DAY)
+    """longest lifetime a token may claim (`exp` - `iat`, or what is left of it); longer ones are refused"""
     jwks_cache_seconds: int = Field(300, ge=_MINUTE, le=_DAY)
     """age at which cached JWKS keys are fetched again; a token naming an unknown `kid` makes the gateway
     fetch them at most once a minute"""

@@ -109,6 +109,7 @@ OLD_NAMES: dict[str, tuple[str, str, object]] = {
     "GATEWAY_TRUSTED_DOCUMENTS": ("graphql.trusted_documents", __file__, __file__),
     "GATEWAY_AUDIT_KEY_FILE": ("audit_key_file", __file__, __file__),
     "GATEWAY_ALLOW_PLAINTEXT_LOOPBACK": ("allow_plaintext_loopback", "true", True),
+    "GATEWAY_AUTH_MAX_TOKEN_LIFETIME_SECONDS": ("auth.max_token_lifetime_seconds", "3600", 3600),
 }
 
 

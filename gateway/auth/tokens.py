@@ -9,9 +9,12 @@ the settings describe. A token never reaches a log line, an error message or a r
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
-from collections.abc import Collection, Mapping
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Collection, Mapping
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -28,6 +31,10 @@ from gateway.settings import AuthSettings
 log = logging.getLogger(__name__)
 
 MAX_TOKEN_LENGTH = 8192
+VERIFIED_FOR = 60.0
+"""Longest a verified token is taken from the cache without checking its signature again."""
+VERIFIED_TOKENS = 4096
+"""Verified tokens remembered (least recently used dropped first)."""
 _BEARER = re.compile(r"Bearer +([A-Za-z0-9._~+/-]+=*) *", re.IGNORECASE)
 
 
@@ -91,12 +98,17 @@ class Authenticator:
         audience: str,
         algorithms: Collection[str],
         leeway: float = 30,
+        max_lifetime: float = 24 * 60 * 60,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.keys = keys
         self.issuer = issuer
         self.audience = audience
         self.algorithms = frozenset(algorithms) - {"none"}
         self.leeway = leeway
+        self.max_lifetime = max_lifetime
+        self.clock = clock
+        self._verified: OrderedDict[bytes, tuple[Principal, float]] = OrderedDict()
 
     async def authenticate(self, authorization: str | None) -> Principal:
         if authorization is None or not authorization.strip():
@@ -107,6 +119,24 @@ class Authenticator:
         token = match.group(1)
         if len(token) > MAX_TOKEN_LENGTH:
             raise InvalidToken("the token is too long")
+        # A token verified moments ago is not verified again: the signature check was most of the
+        # cost of authentication. Keyed by a digest (the token itself is not kept), until the
+        # token expires and at most VERIFIED_FOR seconds, so a key withdrawn from the JWKS stops
+        # working within that time.
+        digest = hashlib.sha256(token.encode()).digest()
+        now = self.clock()
+        cached = self._verified.get(digest)
+        if cached is not None and now < cached[1]:
+            self._verified.move_to_end(digest)
+            return cached[0]
+        principal, expires = await self._verify(token, now)
+        self._verified[digest] = (principal, min(expires, now + VERIFIED_FOR))
+        if len(self._verified) > VERIFIED_TOKENS:
+            self._verified.popitem(last=False)
+        return principal
+
+    async def _verify(self, token: str, now: float) -> tuple[Principal, float]:
+        """Check the token whole; its principal and when it expires."""
         try:
             header = jwt.get_unverified_header(token)
         except jwt.InvalidTokenError:
@@ -135,7 +165,21 @@ class Authenticator:
                 if isinstance(error, kind):
                     raise InvalidToken(description) from None
             raise InvalidToken("the token is malformed") from None
-        return principal_from_claims(claims)
+        expires = self._lifetime(claims, now)
+        return principal_from_claims(claims), expires
+
+    def _lifetime(self, claims: Mapping[str, Any], now: float) -> float:
+        """`exp` (and `iat`, `nbf` when present) as RFC 7519 NumericDates, never strings; a lifetime
+        (`exp` - `iat`, or what is left of it) of at most `max_lifetime`. Returns `exp`."""
+        for name in ("exp", "iat", "nbf"):
+            value = claims.get(name)
+            if name in claims and (isinstance(value, bool) or not isinstance(value, int | float)):
+                raise InvalidToken(f"the {name} claim must be a number of seconds (an RFC 7519 NumericDate)")
+        expires = float(claims["exp"])
+        issued = float(claims.get("iat", now))
+        if expires - min(issued, now) > self.max_lifetime + self.leeway:
+            raise InvalidToken(f"the token lives longer than {self.max_lifetime:g} s")
+        return expires
 
 
 async def open_authenticator(settings: AuthSettings, data_dir: str, resources: AsyncExitStack) -> Authenticator | None:
@@ -163,4 +207,5 @@ async def open_authenticator(settings: AuthSettings, data_dir: str, resources: A
         audience=settings.audience,
         algorithms=settings.allowed_algorithms,
         leeway=settings.leeway_seconds,
+        max_lifetime=settings.max_token_lifetime_seconds,
     )
