@@ -344,6 +344,9 @@ class UpstreamSettings(_Group):
     """the service account's client secret (never logged or shown in a repr)"""
     scope: str = ""
     """scope to request, such as `<tenant>.ec-ors-svc.all`; empty: none sent"""
+    token_timeout_seconds: float = Field(10.0, ge=0.01, le=600)
+    """longest a token fetch may take, connect retries and a slowly dripping answer included; calls waiting
+    for that fetch wait no longer (each call's `GATEWAY_UPSTREAM_TOTAL_TIMEOUT_SECONDS` bounds it too)"""
 
     @model_validator(mode="after")
     def _consistent(self) -> UpstreamSettings:

@@ -89,6 +89,7 @@ OLD_NAMES: dict[str, tuple[str, str, object]] = {
     "GATEWAY_UPSTREAM_CLIENT_ID": ("upstream.client_id", "svc", "svc"),
     "GATEWAY_UPSTREAM_CLIENT_SECRET": ("upstream.client_secret", "shh", SecretStr("shh")),
     "GATEWAY_UPSTREAM_SCOPE": ("upstream.scope", "t.all", "t.all"),
+    "GATEWAY_UPSTREAM_TOKEN_TIMEOUT_SECONDS": ("upstream.token_timeout_seconds", "2.5", 2.5),
     "GATEWAY_AUTH_JWKS_URL": ("auth.jwks_url", "https://idp.example/jwks", "https://idp.example/jwks"),
     "GATEWAY_AUTH_HS256_SECRET": ("auth.hs256_secret", "k" * 32, SecretStr("k" * 32)),
     "GATEWAY_AUTH_ISSUER": ("auth.issuer", "iss", "iss"),

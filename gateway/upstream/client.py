@@ -34,7 +34,7 @@ from gateway.domain import (
 from gateway.settings import UpstreamSettings
 from gateway.upstream.answers import MAX_BODY_BYTES, Answer, read_answer
 from gateway.upstream.bodies import ACCEPT_ENCODING, read_capped
-from gateway.upstream.credentials import ClientCredentialsAuth, ForwardAuth, UpstreamAuth
+from gateway.upstream.credentials import CallAuth, ClientCredentialsAuth, ForwardAuth, UpstreamAuth
 from gateway.upstream.resilience import (
     NOT_SENT,
     BreakerState,
@@ -149,6 +149,7 @@ class UpstreamClient:
                 client_secret=settings.client_secret.get_secret_value(),
                 scope=settings.scope,
                 retry=retry,
+                timeout=settings.token_timeout_seconds,
                 clock=clock,
             )
         return cls(
@@ -183,15 +184,17 @@ class UpstreamClient:
             self.breaker.settle(ticket, outcome)
 
     async def readiness(self) -> Readiness:
-        """Not ready while the breaker is open."""
+        """Not ready while the breaker is open, nor while the service account's last token fetch failed."""
+        auth = await self.auth.readiness()
         state = self.breaker.state
         return Readiness(
-            state is not BreakerState.OPEN,
+            state is not BreakerState.OPEN and auth.ready,
             {
                 "circuit": state.value,
                 "consecutiveFailures": self.breaker.consecutive_failures,
                 "inFlight": self.limit.in_flight,
                 "waiting": self.limit.waiting,
+                **auth.details,
             },
         )
 
@@ -216,7 +219,7 @@ class UpstreamClient:
             )
             raise
 
-    async def _send(self, path: str, ref: DeviceRef, caller: Caller, auth: httpx.Auth) -> Answer:
+    async def _send(self, path: str, ref: DeviceRef, caller: Caller, auth: CallAuth) -> Answer:
         headers = {"Accept": "application/json", "Accept-Encoding": ACCEPT_ENCODING, "X-Request-ID": caller.request_id}
         request = self.http.build_request("PUT", path, params={"mSubjectId": ref.m_subject_id}, headers=headers)
         started = time.perf_counter()
@@ -234,6 +237,8 @@ class UpstreamClient:
                     await response.aclose()
         except TimeoutError:
             reason = f"no whole answer within {self.total_timeout:g} s; it may have reached the upstream, so not resent"
+            if auth.awaiting_token:  # the deadline ran out during the token fetch: the PUT never left
+                reason = f"no service token within the call's {self.total_timeout:g} s; nothing was sent"
             log.warning("upstream call failed: %s (request %s)", reason, caller.request_id)
             raise UpstreamFailure(reason) from None
         except httpx.HTTPError as error:
