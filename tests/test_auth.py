@@ -335,8 +335,11 @@ class FakeClock:
 async def test_unknown_kids_refetch_at_most_once_a_minute_and_rotation_works() -> None:
     server = JwksServer([public_jwk(rsa_key("a"), "key-a")])
     clock = FakeClock()
-    async with run_server(server.app) as url, httpx.AsyncClient() as http:
-        keys = JwksKeys(f"{url}/.well-known/jwks.json", http, clock=clock)
+    async with (
+        run_server(server.app) as url,
+        httpx.AsyncClient() as http,
+        JwksKeys(f"{url}/.well-known/jwks.json", http, clock=clock) as keys,
+    ):
         assert await keys.key_for({"kid": "key-a"})
         assert server.hits == 1
         for _ in range(5):  # random kids cannot hammer the provider: within a minute, no refetch
@@ -363,12 +366,14 @@ async def test_unknown_kids_refetch_at_most_once_a_minute_and_rotation_works() -
 async def test_old_keys_are_refreshed_and_kept_when_the_refresh_fails() -> None:
     server = JwksServer([public_jwk(rsa_key("a"), "key-a")])
     clock = FakeClock()
-    async with httpx.AsyncClient() as http:
-        async with run_server(server.app) as url:
-            keys = JwksKeys(f"{url}/.well-known/jwks.json", http, max_age=300, clock=clock)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/.well-known/jwks.json"
+    async with httpx.AsyncClient() as http, JwksKeys(url, http, max_age=300, clock=clock) as keys:
+        async with run_server(server.app, port=port):
             await keys.key_for({"kid": "key-a"})
             clock.now += 301
-            await keys.key_for({"kid": "key-a"})
+            await keys.key_for({"kid": "key-a"})  # answered at once, the refresh in the background
+            assert await keys.settled()
             assert server.hits == 2
         clock.now += 301
         assert await keys.key_for({"kid": "key-a"})  # the provider is down: the known key still verifies
@@ -379,8 +384,8 @@ async def test_old_keys_are_refreshed_and_kept_when_the_refresh_fails() -> None:
 
 async def test_a_jwks_that_is_down_is_retried_after_a_pause() -> None:
     clock = FakeClock()
-    async with httpx.AsyncClient() as http:
-        keys = JwksKeys(f"http://127.0.0.1:{free_port()}/jwks", http, retry_after_failure=10, clock=clock)
+    nowhere = f"http://127.0.0.1:{free_port()}/jwks"
+    async with httpx.AsyncClient() as http, JwksKeys(nowhere, http, retry_after_failure=10, clock=clock) as keys:
         for _ in range(3):
             with pytest.raises(KeysUnavailable):
                 await keys.key_for({"kid": "key-a"})
@@ -401,8 +406,11 @@ async def test_a_jwks_that_is_down_is_retried_after_a_pause() -> None:
 )
 async def test_unusable_jwks_entries_are_left_out(jwks_document: dict[str, Any]) -> None:
     server = JwksServer(jwks_document["keys"])
-    async with run_server(server.app) as url, httpx.AsyncClient() as http:
-        keys = JwksKeys(f"{url}/.well-known/jwks.json", http)
+    async with (
+        run_server(server.app) as url,
+        httpx.AsyncClient() as http,
+        JwksKeys(f"{url}/.well-known/jwks.json", http) as keys,
+    ):
         with pytest.raises(InvalidToken, match="unknown key"):
             await keys.key_for({"kid": "key-a"})
 

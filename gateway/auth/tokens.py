@@ -185,8 +185,8 @@ class Authenticator:
 async def open_authenticator(settings: AuthSettings, data_dir: str, resources: AsyncExitStack) -> Authenticator | None:
     """The authenticator the settings describe (None when authentication is switched off).
 
-    With a JWKS its httpx client goes on `resources`, which the lifespan closes; without one, the
-    development secret is kept in `data_dir`.
+    With a JWKS its httpx client and the task group of its background refreshes go on `resources`,
+    which the lifespan closes; without one, the development secret is kept in `data_dir`.
     """
     if settings.insecure_disable_auth:
         log.warning("AUTHENTICATION IS OFF (GATEWAY_INSECURE_DISABLE_AUTH=true): every caller is let in")
@@ -196,7 +196,12 @@ async def open_authenticator(settings: AuthSettings, data_dir: str, resources: A
         http = await resources.enter_async_context(
             httpx.AsyncClient(timeout=settings.jwks_timeout_seconds, follow_redirects=False)
         )
-        keys = JwksKeys(settings.jwks_url, http, max_age=settings.jwks_cache_seconds)
+        # Entered after its client, so closed before it: a refresh still running is cancelled first.
+        keys = await resources.enter_async_context(
+            JwksKeys(
+                settings.jwks_url, http, max_age=settings.jwks_cache_seconds, timeout=settings.jwks_timeout_seconds
+            )
+        )
     else:
         secret = await anyio.to_thread.run_sync(signing_secret, settings, data_dir)
         assert secret is not None
