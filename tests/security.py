@@ -24,7 +24,7 @@ from starlette.routing import Route
 
 from gateway.domain import DEVICE_ACTIONS_POST, Attempt, Caller, Credentials, DeviceRef, Readiness
 from gateway.settings import Settings
-from tests.conftest import STUDY, TEST_AUDIT_KEY, TEST_HS256_SECRET, TEST_KDF_COST
+from tests.demo import STUDY, TEST_AUDIT_KEY, TEST_HS256_SECRET, TEST_KDF_COST
 
 ISSUER = "https://idp.example.test/"
 AUDIENCE = "clinical-one-gateway-test"

@@ -17,7 +17,7 @@ from gateway.app import create_app
 from gateway.domain import CAUSES, Attempt, Backend, Caller, Credentials, DeviceRef, ErrorCode, Readiness
 from gateway.engine.tables import credentials
 from gateway.settings import Settings
-from tests.conftest import DEMO_REFUSALS, READY_DEVICE, SUBJECT, bearer, regenerate, rest_path
+from tests.demo import DEMO_REFUSALS, READY_DEVICE, SUBJECT, bearer, regenerate, rest_path
 from tests.utils import run_server
 
 pytestmark = pytest.mark.anyio

@@ -28,7 +28,7 @@ from gateway.audit import GENESIS, KEY_FILE, AuditEvent, AuditTrail, Head, audit
 from gateway.domain import utc_now
 from gateway.settings import Settings, SettingsError
 from gateway.store import Store, UnitOfWork
-from tests.conftest import ALL_TABLES, POSTGRES_URL, TEST_AUDIT_KEY, TEST_HS256_SECRET, Database, rest_path
+from tests.demo import ALL_TABLES, POSTGRES_URL, TEST_AUDIT_KEY, TEST_HS256_SECRET, Database, rest_path
 from tests.utils import run_server
 
 pytestmark = pytest.mark.anyio

@@ -33,7 +33,7 @@ from gateway.auth import (
 from gateway.cli import main
 from gateway.domain import DEVICE_ACTIONS_POST, Principal, StudyMode
 from gateway.settings import Settings, SettingsError
-from tests.conftest import REGENERATE, STUDY, TEST_HS256_SECRET, bearer, device_input, rest_path
+from tests.demo import REGENERATE, STUDY, TEST_HS256_SECRET, bearer, device_input, rest_path
 from tests.security import (
     AUDIENCE,
     ISSUER,

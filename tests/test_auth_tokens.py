@@ -13,7 +13,7 @@ from gateway.auth import InvalidToken
 from gateway.auth.development import mint_token
 from gateway.auth.keys import SecretKey
 from gateway.auth.tokens import VERIFIED_FOR, Authenticator
-from tests.conftest import TEST_HS256_SECRET
+from tests.demo import TEST_HS256_SECRET
 
 pytestmark = pytest.mark.anyio
 

@@ -14,7 +14,7 @@ from gateway.domain import Caller, Credentials
 from gateway.engine.engine import CredentialEngine
 from gateway.settings import Settings
 from gateway.store import Store
-from tests.conftest import READY_DEVICE, READY_REF, STUDY, TEST_AUDIT_KEY, TEST_KDF_COST, Clock
+from tests.demo import READY_DEVICE, READY_REF, STUDY, TEST_AUDIT_KEY, TEST_KDF_COST, Clock
 from tests.utils import run_server
 
 pytestmark = pytest.mark.anyio

@@ -28,7 +28,7 @@ from gateway.engine.engine import CredentialEngine
 from gateway.engine.tables import credentials
 from gateway.settings import Settings
 from gateway.store import Store
-from tests.conftest import READY_REF, TEST_AUDIT_KEY, TEST_KDF_COST, Clock
+from tests.demo import READY_REF, TEST_AUDIT_KEY, TEST_KDF_COST, Clock
 from tests.utils import run_server
 
 pytestmark = pytest.mark.anyio

@@ -5,13 +5,9 @@ from __future__ import annotations
 import base64
 import json
 import os
-import signal
 import sqlite3
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import anyio
@@ -23,7 +19,8 @@ from gateway.engine.engine import CredentialEngine
 from gateway.engine.registry import DEMO_REGISTRY
 from gateway.settings import Settings
 from gateway.store import Store
-from tests.utils import free_port
+from tests import demo
+from tests.utils import free_port, serving
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -39,39 +36,6 @@ def env(tmp_path: Path) -> dict[str, str]:
     """A clean environment whose store is a SQLite file in the test's own folder."""
     base = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
     return {**base, "GATEWAY_DATA_DIR": str(tmp_path / "data"), "GATEWAY_KDF_COST": "4", "GATEWAY_ENV_FILE": ""}
-
-
-class Served:
-    """What `gateway serve` printed, complete once the block has ended."""
-
-    output = ""
-
-
-@contextmanager
-def serving(env: dict[str, str], port: int) -> Iterator[Served]:
-    """`gateway serve` in its own process; stopped by its pid when the block ends."""
-    served = Served()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "gateway", "serve", "--port", str(port)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        for _ in range(200):
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if process.poll() is not None:
-                raise AssertionError("gateway serve exited early")
-            time.sleep(0.05)
-        yield served
-    finally:
-        os.kill(process.pid, signal.SIGTERM)
-        served.output, _ = process.communicate(timeout=20)
 
 
 def dev_token(env: dict[str, str]) -> str:
@@ -98,7 +62,7 @@ def pair_works(env: dict[str, str], pair: dict[str, str]) -> bool:
     async def check() -> bool:
         store = await Store.open(Settings.from_env(env).store_url, create=False)
         try:
-            return await CredentialEngine(store).verify(pair["accessId"], pair["otp"])
+            return await demo.pair_works(CredentialEngine(store), pair["accessId"], pair["otp"])
         finally:
             await store.close()
 

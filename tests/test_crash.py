@@ -28,7 +28,7 @@ from gateway.engine import otp
 from gateway.engine.tables import credentials
 from gateway.settings import Settings
 from gateway.store import Store
-from tests.conftest import Database
+from tests.demo import Database
 from tests.upstream_servers import ScriptedUpstream
 from tests.utils import free_port, run_server
 

@@ -26,7 +26,7 @@ from gateway.api.schema import MASKED_MESSAGE, GatewaySchema
 from gateway.api.view import GraphQLView
 from gateway.app import create_app
 from gateway.domain import Credentials
-from tests.conftest import REGENERATE, bearer, device_input
+from tests.demo import REGENERATE, bearer, device_input
 from tests.security import RecordingBackend, sqlite_settings
 from tests.utils import run_server
 

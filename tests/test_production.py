@@ -10,15 +10,13 @@ import os
 import stat
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
 import pytest
 
 from gateway.settings import Settings, SettingsError
-from tests.conftest import TEST_AUDIT_KEY, TEST_HS256_SECRET
-from tests.utils import free_port
+from tests.demo import TEST_AUDIT_KEY, TEST_HS256_SECRET
+from tests.utils import free_port, serving
 
 BASE = {
     "GATEWAY_ENV_FILE": "",
@@ -85,26 +83,9 @@ def test_production_serves_no_demo_data_and_keeps_its_files_private(tmp_path: Pa
         "GATEWAY_AUDIT_KEY_FILE": str(key_file),
         "GATEWAY_KDF_COST": "4",
     }
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "gateway", "serve", "--port", str(port)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        for _ in range(200):
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert process.poll() is None, "gateway serve exited early"
-            time.sleep(0.05)
-    finally:
-        process.terminate()
-        output, _ = process.communicate(timeout=20)
+    with serving(env, free_port()) as served:
+        pass
+    output = served.output
     assert "demo data loaded" not in output
     assert "Paste this into GraphiQL" not in output
     assert stat.S_IMODE(data.stat().st_mode) == 0o700

@@ -13,7 +13,7 @@ from sqlalchemy import select
 from gateway.engine.registry import DEMO_REGISTRY, RegistryError, load_registry, parse_registry
 from gateway.engine.tables import seed
 from gateway.store import Store, metadata
-from tests.conftest import STUDY, SUBJECT
+from tests.demo import STUDY, SUBJECT
 
 pytestmark = pytest.mark.anyio
 

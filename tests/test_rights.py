@@ -18,7 +18,7 @@ from gateway.engine.registry import DEMO_REGISTRY, load_registry
 from gateway.engine.tables import seed
 from gateway.settings import Settings
 from gateway.store import Store
-from tests.conftest import ALL_TABLES, REGENERATE, STUDY, TEST_AUDIT_KEY, bearer, device_input, rest_path
+from tests.demo import ALL_TABLES, REGENERATE, STUDY, TEST_AUDIT_KEY, bearer, device_input, rest_path
 from tests.security import sqlite_settings
 from tests.upstream_servers import ScriptedUpstream, serve_scripted
 from tests.utils import run_server

@@ -26,7 +26,7 @@ from gateway.rate_limits import Limit, RateLimiter
 from gateway.regeneration import DeviceRequest, Policy, RegenerationService
 from gateway.settings import Settings
 from gateway.store import Store
-from tests.conftest import READY_DEVICE, STUDY, SUBJECT, TEST_AUDIT_KEY, Clock
+from tests.demo import READY_DEVICE, STUDY, SUBJECT, TEST_AUDIT_KEY, Clock
 
 pytestmark = pytest.mark.anyio
 

@@ -26,7 +26,7 @@ from gateway.rate_limits import Limit, RateLimiter
 from gateway.regeneration import DeviceRequest, Policy, RegenerationService
 from gateway.settings import Settings
 from gateway.store import Store, UnitOfWork
-from tests.conftest import ALL_TABLES, READY_DEVICE, STUDY, SUBJECT, TEST_AUDIT_KEY, Clock, Database
+from tests.demo import ALL_TABLES, READY_DEVICE, STUDY, SUBJECT, TEST_AUDIT_KEY, Clock, Database
 
 pytestmark = pytest.mark.anyio
 

@@ -34,7 +34,7 @@ from gateway.upstream.answers import (
     read_answer,
     recognise,
 )
-from tests.conftest import READY_DEVICE, STUDY, SUBJECT
+from tests.demo import READY_DEVICE, STUDY, SUBJECT
 from tests.upstream_servers import FAKE_OTP, credentials_body, ors_error, upstream_settings
 
 pytestmark = pytest.mark.anyio

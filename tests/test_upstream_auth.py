@@ -19,7 +19,7 @@ from starlette.responses import JSONResponse, Response
 from gateway.domain import Caller, ErrorCode, Refusal
 from gateway.upstream import UpstreamClient
 from gateway.upstream.credentials import TOKEN_REFRESH_MARGIN_SECONDS
-from tests.conftest import READY_REF
+from tests.demo import READY_REF
 from tests.upstream_servers import (
     FAKE_OTP,
     TOKEN_PATH,

@@ -16,7 +16,7 @@ from starlette.responses import Response
 
 from gateway.domain import Caller, UpstreamFailure
 from gateway.upstream.answers import MAX_BODY_BYTES
-from tests.conftest import READY_REF
+from tests.demo import READY_REF
 from tests.upstream_servers import FAKE_ACCESS_ID, ScriptedUpstream, credentials_body, upstream_client
 from tests.utils import run_server
 

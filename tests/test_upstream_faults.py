@@ -21,7 +21,7 @@ from starlette.responses import Response
 
 from gateway.domain import Caller, Credentials, ErrorCode, RateLimited, Refusal, UnrecognizedUpstream
 from gateway.upstream.answers import MAX_BODY_BYTES
-from tests.conftest import READY_DEVICE, READY_REF, STUDY, SUBJECT
+from tests.demo import READY_DEVICE, READY_REF, STUDY, SUBJECT
 from tests.upstream_servers import (
     DEVICE_INSTANCE,
     FAKE_ACCESS_ID,

@@ -32,7 +32,7 @@ from gateway.settings import Settings
 from gateway.store import Store
 from gateway.upstream import UpstreamClient
 from gateway.upstream.client import access_code_path
-from tests.conftest import (
+from tests.demo import (
     ALL_TABLES,
     DEMO_REFUSALS,
     READY_DEVICE,

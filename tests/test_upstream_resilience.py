@@ -14,7 +14,7 @@ from gateway.app import create_app
 from gateway.domain import Caller, ErrorCode, Readiness, Refusal
 from gateway.upstream import UpstreamClient
 from gateway.upstream.resilience import BreakerState, CircuitBreaker, ConnectRetry, Outcome
-from tests.conftest import READY_REF
+from tests.demo import READY_REF
 from tests.upstream_servers import (
     FAKE_OTP,
     ScriptedUpstream,

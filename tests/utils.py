@@ -1,12 +1,19 @@
-"""Helpers that start real servers for tests: uvicorn on a free loopback port, stopped when done."""
+"""Helpers that start real servers for tests: uvicorn on a free loopback port (in the test's event
+loop), or `gateway serve` in its own process; stopped (by pid) when done."""
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 
 import anyio
+import httpx
 import uvicorn
 from starlette.types import ASGIApp
 
@@ -37,3 +44,36 @@ async def run_server(app: ASGIApp, *, port: int | None = None) -> AsyncIterator[
             yield f"http://127.0.0.1:{config.port}"
         finally:
             server.should_exit = True
+
+
+class Served:
+    """What `gateway serve` printed, complete once the block has ended."""
+
+    output = ""
+
+
+@contextmanager
+def serving(env: dict[str, str], port: int) -> Iterator[Served]:
+    """`gateway serve` in its own process; stopped by its pid when the block ends."""
+    served = Served()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        for _ in range(200):
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if process.poll() is not None:
+                raise AssertionError("gateway serve exited early")
+            time.sleep(0.05)
+        yield served
+    finally:
+        os.kill(process.pid, signal.SIGTERM)
+        served.output, _ = process.communicate(timeout=20)

@@ -172,6 +172,9 @@ class GatewaySchema(strawberry.Schema):
         _log_errors(errors, context)
         return PreExecutionError(data=None, errors=[_masked(e) if _is_unexpected(e) else e for e in errors])
 
+    def _unexpected(self, error: Exception, context: object) -> ExecutionResult:
+        return self._refusal([GraphQLError(str(error), original_error=error)], context)
+
     def _run(
         self,
         document: DocumentNode,
@@ -208,7 +211,7 @@ class GatewaySchema(strawberry.Schema):
                 errors.append(error)
         return ExecutionResult(data=result.data, errors=errors)
 
-    async def execute(  # noqa: PLR0917 (Strawberry's signature)
+    def _start(  # noqa: PLR0917 (Strawberry's signature of execute and execute_sync)
         self,
         query: str | None,
         variable_values: dict[str, Any] | None = None,
@@ -217,10 +220,12 @@ class GatewaySchema(strawberry.Schema):
         operation_name: str | None = None,
         allowed_operation_types: Iterable[OperationType] | None = None,
         operation_extensions: dict[str, Any] | None = None,
-    ) -> ExecutionResult:
+    ) -> tuple[Any, ExecutionResult | AwaitableOrValue[GraphQLExecutionResult]]:
+        """The cached document's execution begun: (the context, graphql-core's result or awaitable),
+        or (the context, Strawberry's result: the refusal) when the document is refused."""
         document = self._document(query, operation_name, allowed_operation_types, context_value)
         if isinstance(document, ExecutionResult):
-            return document
+            return context_value, document
         try:
             outcome = self._run(
                 document,
@@ -230,39 +235,31 @@ class GatewaySchema(strawberry.Schema):
                 operation_name=operation_name,
                 operation_extensions=operation_extensions,
             )
+        except Exception as error:  # graphql-core reports resolvers' errors itself; this is anything else
+            return context_value, self._unexpected(error, context_value)
+        return context_value, outcome
+
+    async def execute(self, *args: Any, **kwargs: Any) -> ExecutionResult:
+        """Strawberry's `execute` (same arguments), on the cached document."""
+        context_value, outcome = self._start(*args, **kwargs)
+        if isinstance(outcome, ExecutionResult):
+            return outcome
+        try:
             result = await outcome if isawaitable(outcome) else outcome
         except Exception as error:  # graphql-core reports resolvers' errors itself; this is anything else
-            return self._refusal([GraphQLError(str(error), original_error=error)], context_value)
+            return self._unexpected(error, context_value)
         return self._finish(result, context_value)
 
-    def execute_sync(  # noqa: PLR0917 (Strawberry's signature)
-        self,
-        query: str | None,
-        variable_values: dict[str, Any] | None = None,
-        context_value: Any | None = None,
-        root_value: Any | None = None,
-        operation_name: str | None = None,
-        allowed_operation_types: Iterable[OperationType] | None = None,
-        operation_extensions: dict[str, Any] | None = None,
-    ) -> ExecutionResult:
+    def execute_sync(self, *args: Any, **kwargs: Any) -> ExecutionResult:
         """The same path for resolvers that need no awaiting (Strawberry's `introspect` uses it)."""
-        document = self._document(query, operation_name, allowed_operation_types, context_value)
-        if isinstance(document, ExecutionResult):
-            return document
-        outcome = self._run(
-            document,
-            variable_values=variable_values,
-            context_value=context_value,
-            root_value=root_value,
-            operation_name=operation_name,
-            operation_extensions=operation_extensions,
-        )
+        context_value, outcome = self._start(*args, **kwargs)
+        if isinstance(outcome, ExecutionResult):
+            return outcome
         if isawaitable(outcome):
             close = getattr(outcome, "close", None)
             if close is not None:
                 close()
-            error = RuntimeError("GraphQL execution failed to complete synchronously.")
-            return self._refusal([GraphQLError(str(error), original_error=error)], context_value)
+            return self._unexpected(RuntimeError("GraphQL execution failed to complete synchronously."), context_value)
         return self._finish(outcome, context_value)
 
     async def subscribe(self, *args: Any, **kwargs: Any) -> NoReturn:

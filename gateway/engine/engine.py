@@ -128,16 +128,6 @@ class CredentialEngine:
         reachable = await self.store.ping()
         return Readiness(reachable, {"store": "reachable" if reachable else "unreachable"})
 
-    async def verify(self, access_id: str, otp: str) -> bool:
-        """True when (access_id, otp) is a device's current pair, unexpired, unused and unlocked.
-
-        Spends nothing and counts nothing: a check for tests and tools, not for devices.
-        """
-        pair = await self.store.read(lambda conn: tables.find_pair(conn, access_id))
-        if pair is None or pair.used_at or pair.locked_at or self.clock() >= pair.expires_at:
-            return False
-        return await self.kdf.verify(otp, pair.otp_hash)
-
     async def bootstrap(self, access_id: str, otp: str, attempt: DeviceAttempt | None = None) -> Bootstrap:
         """The device side: spend (access_id, otp) once, with at most `lockout_after` guesses.
 
