@@ -226,6 +226,20 @@ def parse_token(value: str, field: str) -> str:
     return value
 
 
+ANY = "*"
+"""A grant's wildcard: every study, or every mode."""
+
+
+def parse_study_grant(value: str, field: str) -> str:
+    """The study a right is granted for: a GUID (normalised) or `*`; raises `InvalidInput`."""
+    return value if value == ANY else parse_guid(value, field)
+
+
+def parse_mode_grant(value: str, field: str) -> str:
+    """The mode a right is granted in: `active`, `test`, `training` (any case) or `*`; raises `InvalidInput`."""
+    return value if value == ANY else parse_mode(value, field).value
+
+
 def parse_mode(value: str, field: str = "mode") -> StudyMode:
     """The path segment `active`, `test` or `training` (any case)."""
     try:
@@ -290,9 +304,9 @@ class Principal:
 
     def may(self, right: str, study_id: str, mode: StudyMode) -> bool:
         """True when `right` is granted for this study (or `*`) in this mode (or `*`)."""
-        for study in (study_id, "*"):
+        for study in (study_id, ANY):
             modes = self.rights.get(study, {})
-            for mode_key in (mode.value, "*"):
+            for mode_key in (mode.value, ANY):
                 if right in modes.get(mode_key, frozenset()):
                     return True
         return False

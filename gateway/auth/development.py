@@ -13,7 +13,7 @@ from pathlib import Path
 
 import jwt
 
-from gateway.domain import DEVICE_ACTIONS_POST, InvalidInput, StudyMode, parse_guid
+from gateway.domain import DEVICE_ACTIONS_POST, InvalidInput, parse_mode_grant, parse_study_grant
 from gateway.keyfiles import private_file
 from gateway.settings import AuthSettings
 
@@ -76,12 +76,13 @@ def development_token(
             "this gateway checks tokens against GATEWAY_AUTH_JWKS_URL: get a token from that identity provider"
         )
     try:
-        study_key = study if study == "*" else parse_guid(study, "--study")
+        study_key = parse_study_grant(study, "--study")
     except InvalidInput:
         raise ValueError("--study must be a 32-character hexadecimal GUID or *") from None
-    mode_key = mode.lower()
-    if mode_key != "*" and mode_key not in {m.value for m in StudyMode}:
-        raise ValueError("--mode must be active, test, training or *")
+    try:
+        mode_key = parse_mode_grant(mode, "--mode")
+    except InvalidInput:
+        raise ValueError("--mode must be active, test, training or *") from None
     return mint_token(
         secret,
         issuer=settings.issuer,

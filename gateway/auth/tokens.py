@@ -25,7 +25,7 @@ import jwt
 from gateway.auth.development import signing_secret
 from gateway.auth.errors import InvalidToken, MissingToken
 from gateway.auth.keys import JwksKeys, KeySource, SecretKey
-from gateway.domain import InvalidInput, Principal, StudyMode, parse_guid
+from gateway.domain import InvalidInput, Principal, parse_mode_grant, parse_study_grant
 from gateway.settings import AuthSettings
 
 log = logging.getLogger(__name__)
@@ -51,15 +51,16 @@ def parse_rights(value: object) -> dict[str, dict[str, frozenset[str]]]:
     rights: dict[str, dict[str, frozenset[str]]] = {}
     for study, modes in value.items():
         try:
-            study_key = study if study == "*" else parse_guid(study, "study")
+            study_key = parse_study_grant(study, "study")
         except InvalidInput:
             raise InvalidToken("the rights claim names a study that is not a GUID or *") from None
         if not isinstance(modes, dict):
             raise InvalidToken("the rights claim must map each study to an object of modes")
         for mode, names in modes.items():
-            mode_key = mode.lower() if isinstance(mode, str) else ""
-            if mode_key != "*" and mode_key not in {m.value for m in StudyMode}:
-                raise InvalidToken("the rights claim names a mode other than active, test, training or *")
+            try:
+                mode_key = parse_mode_grant(mode if isinstance(mode, str) else "", "mode")
+            except InvalidInput:
+                raise InvalidToken("the rights claim names a mode other than active, test, training or *") from None
             if not isinstance(names, list) or not all(isinstance(name, str) and name for name in names):
                 raise InvalidToken("the rights claim must list each mode's rights as strings")
             granted = rights.setdefault(study_key, {})
