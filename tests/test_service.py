@@ -279,3 +279,14 @@ async def test_spelling_variants_of_one_inventory_id_share_one_device_budget(sto
     await svc.regenerate(request(inventory_id="demo-ready-01"), caller())
     limited = await refusal(svc, request(inventory_id="Demo-Ready-01"), caller())
     assert limited.code is ErrorCode.RATE_LIMITED
+
+
+async def test_two_long_subjects_sharing_a_prefix_keep_their_own_budgets(
+    store: Store, engine: CredentialEngine, clock: Clock
+) -> None:
+    svc, _ = service(store, engine, clock, per_caller=1)
+    first, second = "x" * 248 + "-alice", "x" * 248 + "-bob"
+    await svc.regenerate(request(), caller(Principal(first, None, EVERYTHING.rights)))
+    await svc.regenerate(request(inventory_id="DEMO-CLOUD-READY"), caller(Principal(second, None, EVERYTHING.rights)))
+    limited = await refusal(svc, request(), caller(Principal(first, None, EVERYTHING.rights)))
+    assert limited.code is ErrorCode.RATE_LIMITED
