@@ -7,7 +7,7 @@ import asyncio
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from pathlib import Path
 from typing import TextIO
@@ -42,14 +42,16 @@ def exported_schema() -> str:
     return schema.as_str() + "\n"
 
 
-async def _seed(settings: Settings, registry: Registry, *, only_if_empty: bool) -> bool:
+async def _seed(
+    settings: Settings, registry: Registry, *, only_if_empty: bool, progress: Callable[[int], None] | None = None
+) -> bool:
     from gateway.app import store_tables
 
     store = await Store.open(settings.store_url, schema=settings.database_schema, tables=store_tables(settings))
     try:
         if only_if_empty and not await tables.store_is_empty(store):
             return False
-        await tables.seed(store, registry)
+        await tables.seed(store, registry, progress)
         return True
     finally:
         await store.close()
@@ -94,9 +96,30 @@ def serve(settings: Settings, workers: int) -> int:
     return 0
 
 
+class SeedProgress:
+    """`written/total rows` on stderr as batches are written, for a large file on a terminal."""
+
+    LARGE = 10_000
+
+    def __init__(self, total: int, stream: TextIO) -> None:
+        self.total, self.done, self.stream = total, 0, stream
+
+    def __call__(self, rows: int) -> None:
+        self.done += rows
+        end = "\n" if self.done >= self.total else ""
+        self.stream.write(f"\rseeding: {self.done:,}/{self.total:,} rows{end}")
+        self.stream.flush()
+
+    @classmethod
+    def for_terminal(cls, total: int, stream: TextIO) -> SeedProgress | None:
+        return cls(total, stream) if total >= cls.LARGE and stream.isatty() else None
+
+
 def seed(settings: Settings, path: Path) -> int:
     registry = load_registry(path)
-    asyncio.run(_seed(settings, registry, only_if_empty=False))
+    total = sum(len(s.modes) for s in registry.studies) + len(registry.subjects) + len(registry.devices)
+    progress = SeedProgress.for_terminal(total, sys.stderr)
+    asyncio.run(_seed(settings, registry, only_if_empty=False, progress=progress))
     print(
         f"Seeded {len(registry.studies)} studies, {len(registry.subjects)} subjects and "
         f"{len(registry.devices)} devices into {settings.database_url or settings.store_url}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import io
 import json
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
+from gateway.cli import SeedProgress
 from gateway.engine.registry import DEMO_REGISTRY, RegistryError, load_registry, parse_registry
 from gateway.engine.tables import seed
 from gateway.store import Store, metadata
@@ -136,3 +138,22 @@ def test_unreadable_files_are_named(tmp_path: Path) -> None:
 def test_the_demo_registry_is_valid() -> None:
     registry = load_registry(DEMO_REGISTRY)
     assert len(registry.devices) == 9
+
+
+def test_seeding_shows_progress_on_a_terminal_for_large_files_only() -> None:
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    assert SeedProgress.for_terminal(SeedProgress.LARGE, io.StringIO()) is None  # not a terminal
+    assert SeedProgress.for_terminal(SeedProgress.LARGE - 1, Terminal()) is None  # small
+    terminal = Terminal()
+    progress = SeedProgress.for_terminal(25_000, terminal)
+    assert progress is not None
+    for rows in (10_000, 10_000, 5_000):
+        progress(rows)
+    assert terminal.getvalue().split("\r")[1:] == [
+        "seeding: 10,000/25,000 rows",
+        "seeding: 20,000/25,000 rows",
+        "seeding: 25,000/25,000 rows\n",
+    ]

@@ -8,6 +8,7 @@ salted hash of the OTP is stored.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -24,7 +25,6 @@ from sqlalchemy import (
     and_,
     bindparam,
     func,
-    insert,
     select,
     update,
 )
@@ -277,10 +277,10 @@ def instance_id(conn: Connection, pair: StoredPair) -> str:
     return instance_id
 
 
-async def seed(store: Store, registry: Registry) -> None:
+async def seed(store: Store, registry: Registry, progress: Callable[[int], None] | None = None) -> None:
     """Upsert a registry in one transaction: all of it or, on any error, none of it."""
     async with store.transaction() as conn:
-        await conn.run_sync(upsert_registry, registry)
+        await conn.run_sync(upsert_registry, registry, progress)
 
 
 async def store_is_empty(store: Store) -> bool:
@@ -291,8 +291,9 @@ def is_empty(conn: Connection) -> bool:
     return (conn.execute(select(func.count()).select_from(study_modes))).scalar_one() == 0
 
 
-def upsert_registry(conn: Connection, registry: Registry) -> None:
-    """Insert or update every entry; raise `RegistryError` (and so roll back) on a dangling reference."""
+def upsert_registry(conn: Connection, registry: Registry, progress: Callable[[int], None] | None = None) -> None:
+    """Insert or update every entry; raise `RegistryError` (and so roll back) on a dangling reference.
+    `progress` is told of every batch of rows written."""
     _check_references(conn, registry)
     mode_rows = [
         {"study_id": s.id, "mode": mode, "mhealth_configured": mode in s.mhealth_settings}
@@ -316,26 +317,36 @@ def upsert_registry(conn: Connection, registry: Registry) -> None:
         }
         for d in registry.devices
     ]
-    _upsert(conn, study_modes, ("study_id", "mode"), mode_rows)
-    _upsert(conn, subjects, ("study_id", "mode", "subject_id"), subject_rows)
-    _upsert(conn, devices, ("study_id", "mode", "inventory_id"), device_rows)
+    _upsert(conn, study_modes, ("study_id", "mode"), mode_rows, progress)
+    _upsert(conn, subjects, ("study_id", "mode", "subject_id"), subject_rows, progress)
+    _upsert(conn, devices, ("study_id", "mode", "inventory_id"), device_rows, progress)
 
 
-def _upsert(conn: Connection, table: Table, key: tuple[str, ...], rows: list[dict[str, Any]]) -> None:
-    """Portable upsert: the rows whose key exists are updated, the others inserted, each in one batch."""
+SEED_BATCH = 2000
+"""Rows per `INSERT … ON CONFLICT DO UPDATE` when a registry is seeded."""
+
+
+def _upsert(
+    conn: Connection,
+    table: Table,
+    key: tuple[str, ...],
+    rows: list[dict[str, Any]],
+    progress: Callable[[int], None] | None = None,
+) -> None:
+    """Insert or update `rows` by `key`: the dialect's `INSERT … ON CONFLICT DO UPDATE`, in batches."""
     if not rows:
         return
-    existing = {tuple(row) for row in conn.execute(select(*(table.c[name] for name in key)))}
-    fresh = [row for row in rows if tuple(row[name] for name in key) not in existing]
-    stale = [row for row in rows if tuple(row[name] for name in key) in existing]
-    if fresh:
-        conn.execute(insert(table), fresh)
-    for row in stale:
-        conn.execute(
-            update(table)
-            .where(*(table.c[name] == row[name] for name in key))
-            .values({name: value for name, value in row.items() if name not in key})
-        )
+    insert_ = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+    stmt = insert_(table)
+    upsert = stmt.on_conflict_do_update(
+        index_elements=[table.c[name] for name in key],
+        set_={name: stmt.excluded[name] for name in rows[0] if name not in key},
+    )
+    for start in range(0, len(rows), SEED_BATCH):
+        batch = rows[start : start + SEED_BATCH]
+        conn.execute(upsert, batch)
+        if progress is not None:
+            progress(len(batch))
 
 
 def _check_references(conn: Connection, registry: Registry) -> None:
