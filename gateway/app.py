@@ -17,7 +17,7 @@ from starlette.applications import Starlette
 from starlette.middleware.authentication import AuthenticationMiddleware
 from starlette.routing import Route
 
-from gateway import audit, device, health, rate_limits, rest
+from gateway import audit, device, health, metrics, rate_limits, rest
 from gateway.api.schema import build_schema
 from gateway.api.view import GraphQLView
 from gateway.audit import AuditTrail, audit_key
@@ -92,6 +92,7 @@ def create_app(settings: Settings, *, backend: Backend | None = None) -> Starlet
         *health.routes,
         *rest.routes,
         *device.routes,
+        *(metrics.routes if settings.metrics else []),
     ]
     app = Starlette(routes=routes, lifespan=lifespan)
     # Outermost last: request id, then the header and body-size limits, then bearer authentication.

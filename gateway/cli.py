@@ -7,8 +7,9 @@ import asyncio
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
-from contextlib import nullcontext
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import TextIO
 
@@ -84,16 +85,35 @@ def serve(settings: Settings, workers: int) -> int:
     if demo:
         print("Paste this into GraphiQL (the demo data set answers it):\n")
         print(SAMPLE_MUTATION + "\n", flush=True)
-    uvicorn.run(
-        "gateway.app:app_from_env",
-        factory=True,
-        host=settings.http.host,
-        port=settings.http.port,
-        workers=workers,
-        log_level=settings.log_level,
-        h11_max_incomplete_event_size=settings.http.max_header_bytes,
-    )
+    with _metrics_folder(settings, workers):
+        uvicorn.run(
+            "gateway.app:app_from_env",
+            factory=True,
+            host=settings.http.host,
+            port=settings.http.port,
+            workers=workers,
+            log_level=settings.log_level,
+            h11_max_incomplete_event_size=settings.http.max_header_bytes,
+        )
     return 0
+
+
+@contextmanager
+def _metrics_folder(settings: Settings, workers: int) -> Iterator[None]:
+    """With several workers, prometheus-client's multiprocess mode: a fresh folder where every worker
+    writes its values and `/metrics` reads them all, removed when the server stops. The workers
+    inherit `PROMETHEUS_MULTIPROC_DIR`; one set already (an operator's own folder) is kept."""
+    from gateway.metrics import MULTIPROC_DIR
+
+    if workers == 1 or not settings.metrics or os.environ.get(MULTIPROC_DIR):
+        yield
+        return
+    with tempfile.TemporaryDirectory(prefix="gateway-metrics-") as folder:
+        os.environ[MULTIPROC_DIR] = folder
+        try:
+            yield
+        finally:
+            del os.environ[MULTIPROC_DIR]
 
 
 class SeedProgress:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import time
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -24,6 +25,7 @@ from starlette.routing import Route
 
 from gateway.audit import AuditEvent, AuditTrail, clip
 from gateway.engine.engine import Bootstrap, BootstrapOutcome, CredentialEngine
+from gateway.metrics import observe_request
 from gateway.rate_limits import Limit, RateLimiter
 from gateway.settings import RateLimitSettings
 from gateway.state import state_of
@@ -108,6 +110,14 @@ def _basic_credentials(header: str | None) -> tuple[str, str] | None:
 
 
 async def device_bootstrap(request: Request) -> JSONResponse:
+    started = time.perf_counter()
+    response = await _bootstrap(request)
+    if response.status_code != 404:  # upstream mode: no endpoint, nothing to count
+        observe_request("device", str(response.status_code), time.perf_counter() - started)
+    return response
+
+
+async def _bootstrap(request: Request) -> JSONResponse:
     device = state_of(request)["device"]
     if device is None:
         # Upstream mode: devices bootstrap against mHealth itself, not through the gateway.

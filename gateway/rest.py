@@ -8,6 +8,8 @@ from `gateway.domain.CAUSES`.
 
 from __future__ import annotations
 
+import time
+
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
@@ -15,6 +17,7 @@ from starlette.routing import Route
 from gateway.callers import caller_of
 from gateway.contract import ACCESS_CODE_PATH, credentials_body, refusal_body
 from gateway.domain import RateLimited, Refusal
+from gateway.metrics import observe_request
 from gateway.regeneration import DeviceRequest
 from gateway.state import state_of
 
@@ -42,12 +45,16 @@ def _request(request: Request) -> DeviceRequest:
 
 
 async def regenerate_access_code(request: Request) -> JSONResponse:
+    started = time.perf_counter()
     service = state_of(request)["service"]
     try:
         credentials = await service.regenerate(_request(request), caller_of(request))
     except Refusal as refusal:
-        return error_response(refusal)
-    return JSONResponse(credentials_body(credentials), headers=NO_STORE)
+        response = error_response(refusal)
+    else:
+        response = JSONResponse(credentials_body(credentials), headers=NO_STORE)
+    observe_request("rest", str(response.status_code), time.perf_counter() - started)
+    return response
 
 
 routes = [Route(ACCESS_CODE_PATH, regenerate_access_code, methods=["PUT"])]

@@ -402,6 +402,8 @@ class Settings(_Group):
     audit_key_file: ReadableFile = ""
     """file holding the audit trail's MAC key (hex, at least 32 bytes); empty: a key made once in
     `GATEWAY_DATA_DIR` (refused in production, where the key must live outside the data folder)"""
+    metrics: bool = True
+    """`GET /metrics` answers in Prometheus' text format, with no token (`false`: 404)"""
     http: HttpSettings = Field(default_factory=HttpSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     rate_limits: RateLimitSettings = Field(default_factory=RateLimitSettings)

@@ -48,6 +48,8 @@ from sqlalchemy.engine import URL, Dialect, make_url
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from gateway.metrics import STORE_COMMITS
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -256,6 +258,7 @@ class Store:
                     _answer(pending.answer, error=error)
                 return
             if failed is None:
+                STORE_COMMITS.inc()
                 for pending, result in zip(batch, results, strict=True):
                     _answer(pending.answer, result=result)
                 return

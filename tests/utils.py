@@ -53,11 +53,11 @@ class Served:
 
 
 @contextmanager
-def serving(env: dict[str, str], port: int) -> Iterator[Served]:
-    """`gateway serve` in its own process; stopped by its pid when the block ends."""
+def serving(env: dict[str, str], port: int, *args: str) -> Iterator[Served]:
+    """`gateway serve --port port *args` in its own process; stopped by its pid when the block ends."""
     served = Served()
     process = subprocess.Popen(
-        [sys.executable, "-m", "gateway", "serve", "--port", str(port)],
+        [sys.executable, "-m", "gateway", "serve", "--port", str(port), *args],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

@@ -9,6 +9,7 @@ Expected failures are union members; anything else is masked and logged with the
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable
 from inspect import isawaitable
 from typing import Any, NoReturn
@@ -47,6 +48,7 @@ from gateway.api.types import (
     render_refusal,
 )
 from gateway.domain import Refusal
+from gateway.metrics import observe_request
 from gateway.settings import GraphQLSettings
 
 log = logging.getLogger(__name__)
@@ -75,11 +77,21 @@ class Mutation:
         )
     )
     async def regenerate_access_code(self, info: Info, input: RegenerateAccessCodeInput) -> RegenerateAccessCodeResult:
+        started = time.perf_counter()
         try:
             credentials = await info.context.service.regenerate(input.to_request(), info.context.caller)
         except Refusal as refusal:
-            return render_refusal(refusal)  # type: ignore[return-value]
+            error = render_refusal(refusal)
+            observe_request("graphql", _typename(error), time.perf_counter() - started)
+            return error  # type: ignore[return-value]
+        observe_request("graphql", "BootstrapCredentials", time.perf_counter() - started)
         return BootstrapCredentials.from_domain(credentials)
+
+
+def _typename(member: object) -> str:
+    """A union member's `__typename` (its GraphQL name, which may differ from the class's)."""
+    definition = getattr(type(member), "__strawberry_definition__", None)
+    return definition.name if definition is not None else type(member).__name__
 
 
 MASKED_MESSAGE = "Unexpected error. Quote the X-Request-ID response header when reporting it."

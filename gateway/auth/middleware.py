@@ -32,8 +32,9 @@ from gateway.state import state_of
 
 log = logging.getLogger(__name__)
 
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/api/deviceBootstrap"})
-"""Paths that need no bearer token (the device bootstrap has its own Basic auth)."""
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/api/deviceBootstrap"})
+"""Paths that need no bearer token (the device bootstrap has its own Basic auth; `/metrics` shows no
+identifiers, and is off with `GATEWAY_METRICS=false`)."""
 
 KEYS_RETRY_AFTER_SECONDS = 10
 """What a 503 for unfetchable keys tells the caller to wait (the JWKS is retried after as long)."""

@@ -16,6 +16,8 @@ import secrets
 import anyio
 import anyio.to_thread
 
+from gateway.metrics import KDF_IN_FLIGHT
+
 # Upper case letters and digits without the look-alikes 0/O and 1/I/L: 31 symbols.
 ALPHABET = "ABCDEFGHJKMNPQRSTUVWXYZ23456789"
 ACCESS_ID_LENGTH = 6
@@ -97,8 +99,10 @@ class KdfPool:
 
     async def hash(self, otp: str, cost: int) -> str:
         """`hash_otp(otp, cost)` on one of the pool's workers."""
-        return await anyio.to_thread.run_sync(hash_otp, otp, cost, limiter=self._turns())
+        with KDF_IN_FLIGHT.track_inprogress():
+            return await anyio.to_thread.run_sync(hash_otp, otp, cost, limiter=self._turns())
 
     async def verify(self, otp: str, encoded: str) -> bool:
         """`verify_otp(otp, encoded)` on one of the pool's workers."""
-        return await anyio.to_thread.run_sync(verify_otp, otp, encoded, limiter=self._turns())
+        with KDF_IN_FLIGHT.track_inprogress():
+            return await anyio.to_thread.run_sync(verify_otp, otp, encoded, limiter=self._turns())

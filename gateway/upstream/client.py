@@ -31,6 +31,7 @@ from gateway.domain import (
     UpstreamFailure,
     utc_now,
 )
+from gateway.metrics import UPSTREAM_REQUESTS
 from gateway.settings import UpstreamSettings
 from gateway.upstream.answers import MAX_BODY_BYTES, Answer, read_answer
 from gateway.upstream.bodies import ACCEPT_ENCODING, read_capped
@@ -236,12 +237,14 @@ class UpstreamClient:
                 finally:
                     await response.aclose()
         except TimeoutError:
+            UPSTREAM_REQUESTS.labels(status="error").inc()
             reason = f"no whole answer within {self.total_timeout:g} s; it may have reached the upstream, so not resent"
             if auth.awaiting_token:  # the deadline ran out during the token fetch: the PUT never left
                 reason = f"no service token within the call's {self.total_timeout:g} s; nothing was sent"
             log.warning("upstream call failed: %s (request %s)", reason, caller.request_id)
             raise UpstreamFailure(reason) from None
         except httpx.HTTPError as error:
+            UPSTREAM_REQUESTS.labels(status="error").inc()
             # Only the class name: an exception's text can quote what the server sent.
             reason = f"{type(error).__name__}; it may have reached the upstream, so it is not resent"
             if isinstance(error, NOT_SENT):
@@ -251,8 +254,10 @@ class UpstreamClient:
             log.warning("upstream call failed: %s (request %s)", reason, caller.request_id)
             raise UpstreamFailure(reason) from None
         except UpstreamFailure as failure:
+            UPSTREAM_REQUESTS.labels(status="error").inc()
             log.warning("upstream call failed: %s (request %s)", failure.reason, caller.request_id)
             raise
+        UPSTREAM_REQUESTS.labels(status=str(response.status_code)).inc()
         log.info(
             "upstream PUT access-code -> HTTP %d in %.0f ms (request %s)",
             response.status_code,

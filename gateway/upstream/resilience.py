@@ -23,6 +23,7 @@ import anyio
 import httpx
 
 from gateway.domain import ErrorCode, Refusal
+from gateway.metrics import UPSTREAM_CIRCUIT_OPEN
 
 log = logging.getLogger(__name__)
 
@@ -195,6 +196,7 @@ class CircuitBreaker:
     def _open(self) -> None:
         self._state = BreakerState.OPEN
         self._opened_at = self.clock()
+        UPSTREAM_CIRCUIT_OPEN.set(1)
         log.warning(
             "upstream circuit open after %d consecutive failures: failing fast for %.1f s",
             self.consecutive_failures,
@@ -204,4 +206,5 @@ class CircuitBreaker:
     def _close(self) -> None:
         self._state = BreakerState.CLOSED
         self.consecutive_failures = 0
+        UPSTREAM_CIRCUIT_OPEN.set(0)
         log.info("upstream circuit closed: the trial call succeeded")
