@@ -28,6 +28,7 @@ from gateway.engine import tables
 from gateway.engine.engine import CredentialEngine
 from gateway.engine.otp import KdfPool
 from gateway.http import BodySizeLimitMiddleware, HeaderSizeLimitMiddleware, RequestIdMiddleware
+from gateway.logs import configure, note_upstream_response
 from gateway.rate_limits import RateLimiter
 from gateway.regeneration import Policy, RegenerationService
 from gateway.settings import Settings
@@ -43,6 +44,7 @@ async def open_backend(settings: Settings, store: Store, resources: AsyncExitSta
     `resources`, which the lifespan closes."""
     if settings.backend == "upstream":
         http = await resources.enter_async_context(upstream_http_client(settings.upstream))
+        http.event_hooks["response"] = [*http.event_hooks["response"], note_upstream_response]  # for the access line
         return UpstreamClient.from_settings(settings.upstream, http)
     return CredentialEngine(
         store,
@@ -104,16 +106,8 @@ def create_app(settings: Settings, *, backend: Backend | None = None) -> Starlet
     return app
 
 
-def configure_logging(settings: Settings) -> None:
-    """GATEWAY_LOG_LEVEL sets the gateway's own loggers; libraries log from INFO up (aiosqlite's DEBUG
-    lines, one per database call, would drown everything else)."""
-    level = logging.getLevelName(settings.log_level.upper())
-    logging.basicConfig(level=max(level, logging.INFO), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("gateway").setLevel(level)
-
-
 def app_from_env() -> Starlette:
     """Factory for `uvicorn --factory` and `gateway serve --workers N`: settings from the environment."""
     settings = Settings.from_env()
-    configure_logging(settings)  # again: worker processes start with nothing configured
+    configure(settings)  # logging again: worker processes start with nothing configured
     return create_app(settings)

@@ -68,9 +68,9 @@ def _command() -> str:
 def serve(settings: Settings, workers: int) -> int:
     import uvicorn
 
-    from gateway.app import configure_logging
+    from gateway.logs import configure
 
-    configure_logging(settings)
+    configure(settings)
     audit_key(settings)  # a missing or unreadable key stops here, in one line, before any worker starts
     demo = settings.backend == "local" and settings.demo_data and not settings.production  # never in production
     if settings.backend == "local":
@@ -93,6 +93,8 @@ def serve(settings: Settings, workers: int) -> int:
             port=settings.http.port,
             workers=workers,
             log_level=settings.log_level,
+            log_config=None,  # the gateway's own (`gateway.logs`), JSON or text
+            access_log=False,  # replaced by the gateway's access line, with the request id
             h11_max_incomplete_event_size=settings.http.max_header_bytes,
         )
     return 0

@@ -1,8 +1,9 @@
 """ASGI middlewares that run before any route: the request id, the header and body-size limits.
 
 - `RequestIdMiddleware`: every HTTP request gets an id (the caller's `X-Request-ID` when
-  well-formed, else a new one), in `request.state.request_id` and the response's `X-Request-ID`;
-  an unexpected exception becomes a JSON 500 that carries it.
+  well-formed, else a new one), in `request.state.request_id`, the response's `X-Request-ID` and
+  every log record (`gateway.logs.current`); an unexpected exception becomes a JSON 500 that
+  carries it; one access line a request (`gateway.access`).
 - `HeaderSizeLimitMiddleware`: headers over `GATEWAY_MAX_HEADER_BYTES` get 431.
 - `BodySizeLimitMiddleware`: every route; a body over `GATEWAY_MAX_BODY_BYTES` gets 413, whether
   it announces its length or streams.
@@ -13,13 +14,17 @@ from __future__ import annotations
 import json
 import logging
 import re
+import time
 import uuid
 
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gateway import logs
+
 log = logging.getLogger(__name__)
+access_log = logging.getLogger(logs.ACCESS_LOGGER)
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
@@ -43,13 +48,17 @@ class RequestIdMiddleware:
         incoming = next((value for name, value in scope["headers"] if name == b"x-request-id"), b"").decode("latin-1")
         request_id = incoming if _REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = request_id
-
+        entry = logs.RequestLog(request_id)
+        token = logs.current.set(entry)
+        began = time.perf_counter()
+        status = 500
         started = False
 
         async def send_with_id(message: Message) -> None:
-            nonlocal started
+            nonlocal started, status
             if message["type"] == "http.response.start":
                 started = True
+                status = message["status"]
                 MutableHeaders(scope=message)["X-Request-ID"] = request_id
             await send(message)
 
@@ -61,6 +70,30 @@ class RequestIdMiddleware:
                 raise  # too late for a 500: the server closes the connection
             body = {"error": "internal_error", "error_description": f"Unexpected error (request {request_id})"}
             await JSONResponse(body, 500, {"X-Request-ID": request_id})(scope, receive, send)
+        finally:
+            _log_access(scope, entry, status, time.perf_counter() - began)
+            logs.current.reset(token)
+
+
+def _log_access(scope: Scope, entry: logs.RequestLog, status: int, seconds: float) -> None:
+    """The request's access line: its route's template (or its path; never the query string,
+    which may carry an mSubjectId), status, duration, outcome, caller and upstream status."""
+    route = getattr(scope.get("route"), "path", None) or scope.get("path", "")
+    user = scope.get("user")
+    principal = getattr(user, "principal", None)
+    fields = {
+        "request_id": entry.request_id,  # as the filter adds it: here too for handlers without the filter
+        "method": scope.get("method", ""),
+        "path": route,
+        "status": status,
+        "duration_ms": round(seconds * 1000, 1),
+        "outcome": entry.outcome or str(status),
+        "sub": getattr(principal, "subject", None),
+        "upstream_status": entry.upstream_status,
+    }
+    access_log.info(
+        "%s %s %s %s %.1f ms", fields["method"], route, status, fields["outcome"], fields["duration_ms"], extra=fields
+    )
 
 
 class HeaderSizeLimitMiddleware:

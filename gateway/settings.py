@@ -392,6 +392,9 @@ class Settings(_Group):
     """`gateway serve` loads the demo registry into an empty local store"""
     log_level: Annotated[Literal["debug", "info", "warning", "error"], Choice] = "info"
     """the level of the gateway's own loggers (libraries log from `info` up)"""
+    log_format: Annotated[Literal["auto", "json", "text"], Choice] = "auto"
+    """`json`: one JSON object a line, the request id on each, one access line a request; `text`: one line
+    of text a record; `auto`: text when stderr is a terminal, JSON otherwise"""
     production: bool = False
     """introspection and GraphiQL off; no demo data; refuses `GATEWAY_INSECURE_DISABLE_AUTH`, the development
     secret, a predictable HS256 secret, plain-http upstream, token and JWKS URLs, an audit key in the data

@@ -4,6 +4,9 @@ Every OTP the credential engine draws during the run is recorded (by wrapping
 `gateway.engine.otp.new_otp`), every log record of the run is kept as formatted text (the
 gateway's loggers at DEBUG, tracebacks included), and at the end no recorded OTP may appear in
 those lines or in any SQLite file the tests left behind. A leak fails the run.
+
+A test that runs a gateway in another process hands over what it saw: `watch(otp)` for the OTPs
+it was given, `keep(lines)` for the log lines that process wrote.
 """
 
 from __future__ import annotations
@@ -17,6 +20,16 @@ from gateway.engine import otp
 
 ISSUED: set[str] = set()
 LINES: list[str] = []
+
+
+def watch(otp: str) -> None:
+    """An OTP drawn in another process (a `gateway serve` a test ran): watched like the run's own."""
+    ISSUED.add(otp)
+
+
+def keep(lines: list[str]) -> None:
+    """Log lines written by another process: checked like the run's own."""
+    LINES.extend(lines)
 
 
 class _Keep(logging.Handler):

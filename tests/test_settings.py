@@ -63,6 +63,7 @@ OLD_NAMES: dict[str, tuple[str, str, object]] = {
     "GATEWAY_DEMO_DATA": ("demo_data", "off", False),
     "GATEWAY_LOG_LEVEL": ("log_level", "DEBUG", "debug"),
     "GATEWAY_METRICS": ("metrics", "false", False),
+    "GATEWAY_LOG_FORMAT": ("log_format", "json", "json"),
     "GATEWAY_RATE_LIMIT_DEVICE": ("rate_limits.device", "7", 7),
     "GATEWAY_RATE_LIMIT_CALLER": ("rate_limits.caller", "70", 70),
     "GATEWAY_RATE_LIMIT_WINDOW_SECONDS": ("rate_limits.window_seconds", "120", 120),

@@ -35,7 +35,7 @@ from strawberry.types import ExecutionContext, ExecutionResult
 from strawberry.types.execution import PreExecutionError
 from strawberry.types.graphql import OperationType
 
-from gateway import __version__
+from gateway import __version__, logs
 from gateway.api.context import Context, Info
 from gateway.api.documents import DocumentCache
 from gateway.api.guards import DocumentLimits, GuardWork, document_guards, without_suggestions
@@ -82,10 +82,13 @@ class Mutation:
             credentials = await info.context.service.regenerate(input.to_request(), info.context.caller)
         except Refusal as refusal:
             error = render_refusal(refusal)
+            logs.note_outcome(error)
             observe_request("graphql", _typename(error), time.perf_counter() - started)
             return error  # type: ignore[return-value]
         observe_request("graphql", "BootstrapCredentials", time.perf_counter() - started)
-        return BootstrapCredentials.from_domain(credentials)
+        answer = BootstrapCredentials.from_domain(credentials)
+        logs.note_outcome(answer)
+        return answer
 
 
 def _typename(member: object) -> str:
