@@ -32,6 +32,7 @@ from gateway.logs import configure, note_upstream_response
 from gateway.rate_limits import RateLimiter
 from gateway.regeneration import Policy, RegenerationService
 from gateway.settings import Settings
+from gateway.shutdown import ShutdownSignal
 from gateway.state import AppState
 from gateway.store import Store
 from gateway.upstream import UpstreamClient, upstream_http_client
@@ -75,12 +76,14 @@ def create_app(settings: Settings, *, backend: Backend | None = None) -> Starlet
             trail = AuditTrail(store, audit_key(settings))
             chosen = backend if backend is not None else await open_backend(settings, store, resources)
             local = chosen if isinstance(chosen, CredentialEngine) else None
+            shutdown = resources.enter_context(ShutdownSignal().watching())
             yield AppState(
                 settings=settings,
                 authenticator=authenticator,
                 backend=chosen,
                 device=DeviceBootstrap.from_settings(settings.rate_limits, local, trail) if local else None,
                 service=RegenerationService(chosen, trail, RateLimiter(store, utc_now), policy),
+                shutdown=shutdown,
             )
 
     policy = Policy.from_settings(settings.rate_limits, require_principal=not settings.auth.insecure_disable_auth)

@@ -85,7 +85,9 @@ def serve(settings: Settings, workers: int) -> int:
     if demo:
         print("Paste this into GraphiQL (the demo data set answers it):\n")
         print(SAMPLE_MUTATION + "\n", flush=True)
-    with _metrics_folder(settings, workers):
+    from gateway.shutdown import exiting_zero  # after the drain, exit 0 rather than die by the signal
+
+    with _metrics_folder(settings, workers), exiting_zero():
         uvicorn.run(
             "gateway.app:app_from_env",
             factory=True,
@@ -96,6 +98,7 @@ def serve(settings: Settings, workers: int) -> int:
             log_config=None,  # the gateway's own (`gateway.logs`), JSON or text
             access_log=False,  # replaced by the gateway's access line, with the request id
             h11_max_incomplete_event_size=settings.http.max_header_bytes,
+            timeout_graceful_shutdown=settings.shutdown_timeout_seconds,  # the drain's bound; then pools close
         )
     return 0
 

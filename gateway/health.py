@@ -18,8 +18,16 @@ async def healthz(request: Request) -> JSONResponse:
 
 async def readyz(request: Request) -> JSONResponse:
     """Readiness: can this instance serve a regeneration now? 200 when it can, 503 when it cannot,
-    with what the backend reports (`Backend.readiness`: the store, or the breaker and the queue)."""
-    backend = state_of(request)["backend"]
+    with what the backend reports (`Backend.readiness`: the store, or the breaker and the queue).
+    From SIGTERM on, 503 with `"shutting_down": true`: the drain has begun, send nothing new here."""
+    state = state_of(request)
+    backend = state["backend"]
+    if state["shutdown"].started:
+        return JSONResponse(
+            {"status": "unavailable", "backend": backend.name, "shutting_down": True},
+            status_code=503,
+            headers={"Cache-Control": "no-store"},
+        )
     readiness = await backend.readiness()
     return JSONResponse(
         {"status": "ready" if readiness.ready else "unavailable", "backend": backend.name, **readiness.details},

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from gateway.domain import Backend
     from gateway.regeneration import RegenerationService
     from gateway.settings import Settings
+    from gateway.shutdown import ShutdownSignal
 
 
 class AppState(TypedDict):
@@ -25,6 +26,8 @@ class AppState(TypedDict):
     device: DeviceBootstrap | None
     """The device bootstrap endpoint's collaborators when the local engine serves, else None."""
     service: RegenerationService
+    shutdown: ShutdownSignal
+    """Raised on SIGTERM, before the drain: `/readyz` answers 503 from then on."""
 
 
 def state_of(connection: HTTPConnection) -> AppState:

@@ -64,6 +64,7 @@ OLD_NAMES: dict[str, tuple[str, str, object]] = {
     "GATEWAY_LOG_LEVEL": ("log_level", "DEBUG", "debug"),
     "GATEWAY_METRICS": ("metrics", "false", False),
     "GATEWAY_LOG_FORMAT": ("log_format", "json", "json"),
+    "GATEWAY_SHUTDOWN_TIMEOUT_SECONDS": ("shutdown_timeout_seconds", "3", 3),
     "GATEWAY_RATE_LIMIT_DEVICE": ("rate_limits.device", "7", 7),
     "GATEWAY_RATE_LIMIT_CALLER": ("rate_limits.caller", "70", 70),
     "GATEWAY_RATE_LIMIT_WINDOW_SECONDS": ("rate_limits.window_seconds", "120", 120),
