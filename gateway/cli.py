@@ -1,4 +1,4 @@
-"""The `gateway` command: serve, seed, audit, token, export-schema."""
+"""The `gateway` command: serve, seed, audit, token, export-schema, settings."""
 
 from __future__ import annotations
 
@@ -6,13 +6,16 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import sys
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import TextIO
+from urllib.parse import urlsplit, urlunsplit
 
+from pydantic import SecretStr
 from sqlalchemy.exc import SQLAlchemyError
 
 from gateway import __version__
@@ -20,7 +23,7 @@ from gateway.audit import OUTCOME_UNKNOWN, AuditTrail, Head, audit_key
 from gateway.auth import development_token, serve_hint
 from gateway.engine import tables
 from gateway.engine.registry import DEMO_REGISTRY, Registry, RegistryError, load_registry
-from gateway.settings import Settings, SettingsError
+from gateway.settings import DEFAULT, ENV_FILE, ENVIRONMENT, VARIABLES, Settings, SettingsError, gathered
 from gateway.store import Store
 
 SCHEMA_FILE = Path("schema.graphql")
@@ -231,37 +234,153 @@ def export_schema(path: Path, check: bool) -> int:
     return 0
 
 
+MASK = "********"
+EMPTY = "''"
+_SECRET_NAME = re.compile(r"(^|_)(SECRET|PASSWORD|PASSWD|TOKEN|KEY)$")
+"""Names of values never shown: `…_SECRET`, `…_PASSWORD`, `…_TOKEN` (not `…_TOKEN_URL`, a URL)."""
+SETTINGS_DOCS = "the README's Settings section (README.md#settings)"
+
+
+def _shown(name: str, value: object) -> str:
+    """`value` as `gateway settings` prints it: secrets masked, a URL's password too."""
+    if isinstance(value, SecretStr) or _SECRET_NAME.search(name):
+        text = value.get_secret_value() if isinstance(value, SecretStr) else str(value)
+        return MASK if text else ""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, tuple):
+        return ",".join(str(item) for item in value)
+    text = str(value)
+    parts = urlsplit(text) if "://" in text else None
+    if parts is not None and parts.password:
+        host = parts.netloc.rpartition("@")[2]
+        text = urlunsplit(parts._replace(netloc=f"{parts.username or ''}:{MASK}@{host}"))
+    return text
+
+
+def show_settings(settings: Settings, as_json: bool, environ: Mapping[str, str] | None = None) -> int:
+    """Every `GATEWAY_*` variable, its effective value (secrets masked) and where it came from."""
+    env = os.environ if environ is None else environ
+    sources = {name: source for name, (_, source) in gathered(env).items()}
+    rows: list[tuple[str, str, str]] = []
+    for name, variable in VARIABLES.items():
+        holder = getattr(settings, variable.group) if variable.group else settings
+        rows.append((name, _shown(name, getattr(holder, variable.field)), sources.get(name, DEFAULT)))
+    rows.append((ENV_FILE, env.get(ENV_FILE, ".env"), ENVIRONMENT if ENV_FILE in env else DEFAULT))
+    rows = [
+        (name, value, source if source in {ENVIRONMENT, DEFAULT} else f"env file {source}")
+        for name, value, source in rows
+    ]
+    if as_json:
+        listed = [{"name": name, "value": value, "source": source} for name, value, source in rows]
+        print(json.dumps({"settings": listed}, indent=2))
+        return 0
+    names, values = max(len(name) for name, _, _ in rows), max(len(value or EMPTY) for _, value, _ in rows)
+    for name, value, source in rows:
+        print(f"{name:<{names}} = {value or EMPTY:<{values}}  ({source})")
+    return 0
+
+
+def _command_parser(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser], name: str, summary: str, description: str
+) -> argparse.ArgumentParser:
+    """A sub-command with its one-line `summary` (in `gateway --help`) and its `description` (in its own)."""
+    return commands.add_parser(name, help=summary, description=description)
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gateway", description="GraphQL gateway for Clinical One device credentials.")
+    parser = argparse.ArgumentParser(
+        prog="gateway",
+        description="GraphQL gateway for Clinical One device credentials. "
+        f"Settings are GATEWAY_* variables, documented in {SETTINGS_DOCS}; 'gateway settings' shows them.",
+    )
     parser.add_argument("--version", action="version", version=f"gateway {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
-    serve_cmd = commands.add_parser("serve", help="run the gateway (GraphQL at /graphql, REST face, /healthz)")
+    serve_cmd = _command_parser(
+        commands,
+        "serve",
+        "run the gateway (GraphQL at /graphql, REST face, /healthz)",
+        "Run the gateway under uvicorn: GraphQL and GraphiQL at /graphql, the REST face, /api/deviceBootstrap, "
+        "/healthz, /readyz and /metrics. On the local backend it first creates the tables and, on an empty "
+        "store, loads the demo data. Every other setting is a GATEWAY_* environment variable (or a line of the "
+        f".env file GATEWAY_ENV_FILE names), documented in {SETTINGS_DOCS}; 'gateway settings' lists them "
+        "with their effective values and where each came from.",
+    )
     serve_cmd.add_argument("--host", help="interface to listen on (default: GATEWAY_HOST or 127.0.0.1)")
     serve_cmd.add_argument("--port", type=int, help="port to listen on (default: GATEWAY_PORT or 8000)")
-    serve_cmd.add_argument("--workers", type=int, default=1, help="worker processes (default: 1)")
-    seed_cmd = commands.add_parser("seed", help="load (upsert) a registry file into the local store")
+    serve_cmd.add_argument(
+        "--workers", type=int, default=1, help="worker processes (default: 1; with more, use PostgreSQL)"
+    )
+    seed_cmd = _command_parser(
+        commands,
+        "seed",
+        "load (upsert) a registry file into the local store",
+        "Load a registry file (studies, subjects, devices; JSON) into the local store, inserting new rows and "
+        "updating existing ones. A refused file exits 2 with a message naming the entry and field.",
+    )
     seed_cmd.add_argument("file", type=Path, help="registry file (JSON)")
-    audit_cmd = commands.add_parser("audit", help="check or export the audit trail")
+    audit_cmd = _command_parser(
+        commands,
+        "audit",
+        "check or export the audit trail",
+        "Read the audit trail of regenerations kept in the store: verify its MAC chain, print its head, "
+        "or export it as JSON lines.",
+    )
     audit_actions = audit_cmd.add_subparsers(dest="audit_action", required=True)
-    audit_verify = audit_actions.add_parser(
-        "verify", help="check every link of the chain (MACs, order, head); exit 1 at the first broken one"
+    audit_verify = _command_parser(
+        audit_actions,
+        "verify",
+        "check every link of the chain (MACs, order, head); exit 1 at the first broken one",
+        "Check every row of the audit trail: its MAC, its order, and (with --expect-head) that the trail still "
+        "reaches a head recorded earlier. Exit 1 naming the first broken row.",
     )
     audit_verify.add_argument(
         "--expect-head",
         metavar="SEQ:MAC",
         help="a head recorded earlier (`gateway audit head`): also fail when the trail no longer reaches it",
     )
-    audit_actions.add_parser("head", help="print where the chain ends, SEQ:MAC, to record outside the gateway")
-    audit_export = audit_actions.add_parser("export", help="write every row as JSON lines")
+    _command_parser(
+        audit_actions,
+        "head",
+        "print where the chain ends, SEQ:MAC, to record outside the gateway",
+        "Print where the audit chain ends, as SEQ:MAC. Record it outside the gateway; "
+        "'gateway audit verify --expect-head SEQ:MAC' later fails if the trail was cut or rewritten.",
+    )
+    audit_export = _command_parser(
+        audit_actions,
+        "export",
+        "write every row as JSON lines",
+        "Write every row of the audit trail as one JSON object a line (a file is made readable by its owner only).",
+    )
     audit_export.add_argument("--output", type=Path, help="file to write (default: standard output)")
-    token_cmd = commands.add_parser("token", help="print a development bearer token (DeviceActionsPost)")
+    token_cmd = _command_parser(
+        commands,
+        "token",
+        "print a development bearer token (DeviceActionsPost)",
+        "Print a development bearer token with the DeviceActionsPost right for one study and mode, signed with "
+        "the development secret (or GATEWAY_AUTH_HS256_SECRET). Refused when GATEWAY_PRODUCTION=true.",
+    )
     token_cmd.add_argument("--study", required=True, help="study id (32 hex characters) or '*' for every study")
     token_cmd.add_argument("--mode", required=True, help="active, test, training or '*' for every mode")
     token_cmd.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds (default: 3600)")
     token_cmd.add_argument("--subject", default="developer", help="the token's sub claim (default: developer)")
-    export_cmd = commands.add_parser("export-schema", help="write the GraphQL schema (SDL)")
+    export_cmd = _command_parser(
+        commands,
+        "export-schema",
+        "write the GraphQL schema (SDL)",
+        "Write the GraphQL schema the code serves, as SDL; with --check, exit 1 when the file differs from it.",
+    )
     export_cmd.add_argument("--check", action="store_true", help="exit 1 when the file differs from the code")
     export_cmd.add_argument("--path", type=Path, default=SCHEMA_FILE, help="file to write (default: schema.graphql)")
+    settings_cmd = _command_parser(
+        commands,
+        "settings",
+        "print the effective settings and where each came from",
+        "Print every GATEWAY_* variable, its effective value and where it came from: the environment, the "
+        ".env file GATEWAY_ENV_FILE names (default .env), or the default. Secrets are masked. "
+        f"What each variable means: {SETTINGS_DOCS}.",
+    )
+    settings_cmd.add_argument("--json", action="store_true", help="print JSON instead of aligned lines")
     return parser
 
 
@@ -271,6 +390,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "export-schema":
             return export_schema(args.path, args.check)
         settings = Settings.from_env()
+        if args.command == "settings":
+            return show_settings(settings, args.json)
         if args.command == "seed":
             return seed(settings, args.file)
         if args.command == "audit":

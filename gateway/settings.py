@@ -464,13 +464,7 @@ class Settings(_Group):
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Read and check every setting from `environ` (default: the process's environment) and the
         file `GATEWAY_ENV_FILE` names; raise `SettingsError` naming the first bad variable."""
-        env = os.environ if environ is None else environ
-        given = {name: value.strip() for name, value in env.items() if name in VARIABLES}
-        env_file = env.get(ENV_FILE, ".env")
-        if env_file and Path(env_file).is_file():
-            for name, value in dotenv_values(env_file).items():
-                if name in VARIABLES and value is not None:
-                    given.setdefault(name, value.strip())
+        given = {name: value for name, (value, _) in gathered(environ).items()}
         token = _given.set(given)
         try:
             return _checked(cls)
@@ -487,6 +481,23 @@ class Settings(_Group):
                 raise TypeError(f"no setting is named {name!r} (no variable {PREFIX}{name.upper()})")
             (values[variable.group] if variable.group else values)[variable.field] = value
         return _checked(lambda: Settings.model_validate(values))
+
+
+ENVIRONMENT, DEFAULT = "environment", "default"
+
+
+def gathered(environ: Mapping[str, str] | None = None) -> dict[str, tuple[str, str]]:
+    """The variables `Settings.from_env` reads, each with where it came from: `environment`, or the path
+    of the `.env`-style file `GATEWAY_ENV_FILE` names (default `.env`) for those the environment does not
+    set. A variable in neither is absent: its field's default applies (`gateway settings` says `default`)."""
+    env = os.environ if environ is None else environ
+    given = {name: (value.strip(), ENVIRONMENT) for name, value in env.items() if name in VARIABLES}
+    env_file = env.get(ENV_FILE, ".env")
+    if env_file and Path(env_file).is_file():
+        for name, value in dotenv_values(env_file).items():
+            if name in VARIABLES and value is not None:
+                given.setdefault(name, (value.strip(), env_file))
+    return given
 
 
 # ---------------------------------------------------------------------------------------------
