@@ -7,8 +7,10 @@ import asyncio
 import json
 import os
 import re
+import socket
 import sys
 import tempfile
+import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -23,7 +25,16 @@ from gateway.audit import OUTCOME_UNKNOWN, AuditTrail, Head, audit_key
 from gateway.auth import development_token, serve_hint
 from gateway.engine import tables
 from gateway.engine.registry import DEMO_REGISTRY, Registry, RegistryError, load_registry
-from gateway.settings import DEFAULT, ENV_FILE, ENVIRONMENT, VARIABLES, Settings, SettingsError, gathered
+from gateway.settings import (
+    DEFAULT,
+    ENV_FILE,
+    ENVIRONMENT,
+    VARIABLES,
+    Settings,
+    SettingsError,
+    gathered,
+    unknown_variables,
+)
 from gateway.store import Store
 
 SCHEMA_FILE = Path("schema.graphql")
@@ -68,17 +79,82 @@ def _command() -> str:
     return sys.argv[0]
 
 
+class StartupError(SettingsError):
+    """`gateway serve` cannot start: one line naming the setting and the cause (exit 2)."""
+
+
+def _cause(error: BaseException) -> str:
+    """The first line of what went wrong, the driver's own words rather than SQLAlchemy's wrapping."""
+    orig = getattr(error, "orig", None) or error
+    text = str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__
+    return text[:200]
+
+
+@contextmanager
+def _starting(settings: Settings, what: str) -> Iterator[None]:
+    """Turn an OS or database error while `what` (`data` folder, `store`) is prepared into one
+    `StartupError` naming the setting to look at; the traceback too at GATEWAY_LOG_LEVEL=debug."""
+    try:
+        yield
+    except (OSError, SQLAlchemyError) as error:
+        if settings.log_level == "debug":
+            traceback.print_exc()
+        cause = _cause(error)
+        if what == "data":
+            raise StartupError(
+                f"GATEWAY_DATA_DIR: cannot write the data folder {settings.data_dir} ({cause})"
+            ) from None
+        if not settings.database_url:
+            raise StartupError(
+                f"GATEWAY_DATA_DIR: cannot create the SQLite store in {settings.data_dir} ({cause})"
+            ) from None
+        if settings.database_schema and "schema" in cause.lower():
+            raise StartupError(
+                f"GATEWAY_DATABASE_SCHEMA: {settings.database_schema!r} is not usable ({cause})"
+            ) from None
+        raise StartupError(f"GATEWAY_DATABASE_URL: cannot open the store there ({cause})") from None
+
+
+def _check_port(settings: Settings) -> None:
+    """Bind the host and port once (as uvicorn will, with SO_REUSEADDR) and let go: a port in use is
+    refused here, in one line, before the store is touched and before any worker starts."""
+    host, port = settings.http.host, settings.http.port
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+    except OSError as error:
+        if settings.log_level == "debug":
+            traceback.print_exc()
+        raise StartupError(f"GATEWAY_PORT / GATEWAY_HOST: cannot listen on {host}:{port} ({_cause(error)})") from None
+
+
+async def _create_tables(settings: Settings) -> None:
+    from gateway.app import store_tables
+
+    store = await Store.open(settings.store_url, schema=settings.database_schema, tables=store_tables(settings))
+    await store.close()
+
+
 def serve(settings: Settings, workers: int) -> int:
     import uvicorn
 
     from gateway.logs import configure
 
     configure(settings)
-    audit_key(settings)  # a missing or unreadable key stops here, in one line, before any worker starts
+    _check_port(settings)
+    with _starting(settings, "data"):
+        audit_key(settings)  # a missing or unreadable key stops here, in one line, before any worker starts
     demo = settings.backend == "local" and settings.demo_data and not settings.production  # never in production
     if settings.backend == "local":
         # Create the tables and load the demo data here, once, before any worker starts.
-        loaded = demo and asyncio.run(_seed(settings, load_registry(DEMO_REGISTRY), only_if_empty=True))
+        with _starting(settings, "store"):
+            if demo:
+                loaded = asyncio.run(_seed(settings, load_registry(DEMO_REGISTRY), only_if_empty=True))
+            else:
+                loaded = False
+                asyncio.run(_create_tables(settings))
         where = settings.database_url or settings.store_url
         print(f"Local credential engine, store: {where}" + (" (demo data loaded)" if loaded else ""))
     base = f"http://{settings.http.host}:{settings.http.port}"
@@ -390,6 +466,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "export-schema":
             return export_schema(args.path, args.check)
         settings = Settings.from_env()
+        for warning in unknown_variables():
+            print(f"gateway {args.command}: warning: {warning}", file=sys.stderr)
         if args.command == "settings":
             return show_settings(settings, args.json)
         if args.command == "seed":

@@ -19,6 +19,7 @@ from these fields: `python -m gateway.settings [--check]` (`scripts/settings-tab
 from __future__ import annotations
 
 import argparse
+import difflib
 import math
 import os
 import re
@@ -498,6 +499,30 @@ def gathered(environ: Mapping[str, str] | None = None) -> dict[str, tuple[str, s
             if name in VARIABLES and value is not None:
                 given.setdefault(name, (value.strip(), env_file))
     return given
+
+
+NOT_SETTINGS = frozenset({ENV_FILE, "GATEWAY_TEST_POSTGRES_URL"})
+"""`GATEWAY_*` names that are known but are not settings: the env file's name, the tests' PostgreSQL."""
+
+
+def unknown_variables(environ: Mapping[str, str] | None = None) -> list[str]:
+    """The `GATEWAY_*` names in `environ` or the env file that no setting has (a typo such as
+    `GATEWAY_PROT`), each with where it was found and the nearest known name, if one is close."""
+    env = os.environ if environ is None else environ
+    found = {name: ENVIRONMENT for name in env if name.startswith(PREFIX)}
+    env_file = env.get(ENV_FILE, ".env")
+    if env_file and Path(env_file).is_file():
+        for name in dotenv_values(env_file):
+            if name.startswith(PREFIX):
+                found.setdefault(name, f"env file {env_file}")
+    lines = []
+    for name, source in sorted(found.items()):
+        if name in VARIABLES or name in NOT_SETTINGS:
+            continue
+        near = difflib.get_close_matches(name, VARIABLES, n=1)
+        hint = f"; did you mean {near[0]}?" if near else ""
+        lines.append(f"{name} (in the {source}) is not a setting and is ignored{hint}")
+    return lines
 
 
 # ---------------------------------------------------------------------------------------------
