@@ -19,25 +19,27 @@ from pathlib import Path
 STUDY = "5EED5EED5EED5EED5EED5EED5EED5EED"
 
 
-def registry(count: int) -> dict[str, object]:
-    def subject(index: int) -> str:
-        return f"5E{index:030X}"
+def subject_id(index: int) -> str:
+    return f"5E{index:030X}"
 
+
+def registry(count: int, *, study: str = STUDY, name: str = "D") -> dict[str, object]:
+    """`count` subjects of `study` (active mode), each with its ready device `{name}-{index}`."""
     return {
-        "studies": [{"id": STUDY, "modes": ["active"], "mhealthSettings": ["active"]}],
+        "studies": [{"id": study, "modes": ["active"], "mhealthSettings": ["active"]}],
         "subjects": [
-            {"id": subject(i), "studyId": STUDY, "mode": "active", "mSubjectId": f"S-{i}"} for i in range(count)
+            {"id": subject_id(i), "studyId": study, "mode": "active", "mSubjectId": f"{name}-{i}"} for i in range(count)
         ],
         "devices": [
             {
-                "inventoryId": f"D-{i}",
-                "studyId": STUDY,
+                "inventoryId": f"{name}-{i}",
+                "studyId": study,
                 "mode": "active",
                 "instanceId": f"{i:032X}",
                 "connectionType": "DEVICE_TO_CLOUD",
                 "vendorCode": None,
                 "registered": True,
-                "dispensedTo": subject(i),
+                "dispensedTo": subject_id(i),
             }
             for i in range(count)
         ],

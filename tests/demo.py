@@ -192,3 +192,9 @@ async def pair_works(engine: CredentialEngine, access_id: str, otp: str) -> bool
     if pair is None or pair.used_at or pair.locked_at or engine.clock() >= pair.expires_at:
         return False
     return otp_module.verify_otp(otp, pair.otp_hash)
+
+
+def errors(body: dict[str, Any]) -> list[str]:
+    """The messages of a GraphQL answer that must have no data."""
+    assert body.get("data") is None, body
+    return [error["message"] for error in body["errors"]]

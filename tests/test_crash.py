@@ -23,6 +23,7 @@ import pytest
 from anyio.abc import Process
 from sqlalchemy import select
 
+from benchmarks import seed
 from gateway.audit import OUTCOME_UNKNOWN, PENDING, AuditTrail, audit_events, audit_key
 from gateway.engine import otp
 from gateway.engine.tables import credentials
@@ -42,29 +43,11 @@ MAX_TURNS = 50
 
 
 def subject(index: int) -> str:
-    return f"5AB{index:029X}"
+    return seed.subject_id(index)
 
 
-def registry() -> dict[str, Any]:
-    return {
-        "studies": [{"id": STUDY, "modes": ["active"], "mhealthSettings": ["active"]}],
-        "subjects": [
-            {"id": subject(i), "studyId": STUDY, "mode": "active", "mSubjectId": f"CRASH-{i}"} for i in range(DEVICES)
-        ],
-        "devices": [
-            {
-                "inventoryId": f"CRASH-{i}",
-                "studyId": STUDY,
-                "mode": "active",
-                "instanceId": f"{i:032X}",
-                "connectionType": "DEVICE_TO_CLOUD",
-                "vendorCode": None,
-                "registered": True,
-                "dispensedTo": subject(i),
-            }
-            for i in range(DEVICES)
-        ],
-    }
+def registry() -> dict[str, object]:
+    return seed.registry(DEVICES, study=STUDY, name="CRASH")
 
 
 def environment(database: Database, tmp_path: Path, **settings: str) -> dict[str, str]:

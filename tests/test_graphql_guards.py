@@ -26,7 +26,7 @@ from gateway.api.schema import MASKED_MESSAGE, GatewaySchema
 from gateway.api.view import GraphQLView
 from gateway.app import create_app
 from gateway.domain import Credentials
-from tests.demo import REGENERATE, bearer, device_input
+from tests.demo import REGENERATE, bearer, device_input, errors
 from tests.security import RecordingBackend, sqlite_settings
 from tests.utils import run_server
 
@@ -95,11 +95,6 @@ async def served(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Gate
 def gateway(served: Gateway) -> Gateway:
     served.backend.callers.clear()
     return served
-
-
-def errors(body: dict[str, Any]) -> list[str]:
-    assert body.get("data") is None, body
-    return [error["message"] for error in body["errors"]]
 
 
 def fan_out(n: int, *, tag: str = "") -> str:

@@ -23,7 +23,7 @@ from gateway.api.schema import schema as default_schema
 from gateway.app import create_app
 from gateway.http import BodySizeLimitMiddleware
 from gateway.settings import SettingsError
-from tests.demo import REGENERATE, bearer, device_input, rest_path
+from tests.demo import REGENERATE, bearer, device_input, errors, rest_path
 from tests.security import RecordingBackend, sqlite_settings
 from tests.utils import run_server
 
@@ -71,11 +71,6 @@ def gateway(served: Gateway) -> Gateway:
     """The gateway with default limits, a client with a valid token, nobody recorded yet."""
     served.backend.callers.clear()
     return served
-
-
-def errors(body: dict[str, Any]) -> list[str]:
-    assert body.get("data") is None, body
-    return [error["message"] for error in body["errors"]]
 
 
 async def test_the_mutation_itself_runs(gateway: Gateway) -> None:

@@ -10,12 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
-import subprocess
 import sys
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +24,7 @@ from tests import demo, secret_watch
 from tests.test_cli import dev_token
 from tests.test_upstream_parity import base_settings
 from tests.upstream_servers import ScriptedUpstream, answer, ors_error, serve_scripted
-from tests.utils import free_port, run_server
+from tests.utils import free_port, run_server, serving
 
 BAD_TOKEN = "not.a-real.token-SECRETISH"
 ACCESS_FIELDS = {"request_id", "method", "path", "status", "duration_ms", "outcome", "sub", "upstream_status"}
@@ -41,41 +36,16 @@ def env(tmp_path: Path) -> dict[str, str]:
     return {**base, "GATEWAY_DATA_DIR": str(tmp_path / "data"), "GATEWAY_KDF_COST": "4", "GATEWAY_ENV_FILE": ""}
 
 
-@contextmanager
-def serve_logging(env: dict[str, str], port: int) -> Iterator[list[str]]:
-    """`gateway serve` with its stderr (the log) apart from its stdout (the banner); the list holds
-    the log's lines once the block has ended (the process stopped by its pid)."""
-    lines: list[str] = []
-    process = subprocess.Popen(
-        [sys.executable, "-m", "gateway", "serve", "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        for _ in range(200):
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert process.poll() is None, "gateway serve exited early"
-            time.sleep(0.05)
-        yield lines
-    finally:
-        os.kill(process.pid, signal.SIGTERM)
-        _, errors = process.communicate(timeout=20)
-        lines.extend(line for line in errors.splitlines() if line.strip())
-
-
 def test_json_lines_carry_the_request_id_and_one_access_line_each(env: dict[str, str]) -> None:
     port = free_port()
     token = dev_token(env)
     env = {**env, "GATEWAY_LOG_FORMAT": "json", "GATEWAY_LOG_LEVEL": "debug"}
     bearer = {"Authorization": f"Bearer {token}"}
     base = f"http://127.0.0.1:{port}"
-    with serve_logging(env, port) as lines, httpx.Client(base_url=base, headers=bearer, timeout=10) as client:
+    with (
+        serving(env, port, log_apart=True) as served,
+        httpx.Client(base_url=base, headers=bearer, timeout=10) as client,
+    ):
         ok = client.post(
             "/graphql",
             json={"query": demo.REGENERATE, "variables": {"input": demo.device_input()}},
@@ -102,6 +72,7 @@ def test_json_lines_carry_the_request_id_and_one_access_line_each(env: dict[str,
     assert syntax.status_code == 200
     assert unauthenticated.status_code == 401
     secret_watch.watch(ok["otp"])
+    lines = [line for line in served.log.splitlines() if line.strip()]
     secret_watch.keep(lines)
 
     records = [json.loads(line) for line in lines]  # every line is JSON

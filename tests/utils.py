@@ -47,20 +47,23 @@ async def run_server(app: ASGIApp, *, port: int | None = None) -> AsyncIterator[
 
 
 class Served:
-    """What `gateway serve` printed, complete once the block has ended."""
+    """What `gateway serve` printed, complete once the block has ended: `output` (stdout, and stderr
+    unless kept apart) and `log` (stderr when kept apart)."""
 
     output = ""
+    log = ""
 
 
 @contextmanager
-def serving(env: dict[str, str], port: int, *args: str) -> Iterator[Served]:
-    """`gateway serve --port port *args` in its own process; stopped by its pid when the block ends."""
+def serving(env: dict[str, str], port: int, *args: str, log_apart: bool = False) -> Iterator[Served]:
+    """`gateway serve --port port *args` in its own process; stopped by its pid when the block ends.
+    With `log_apart`, stderr (the log) is kept apart from stdout (the banner)."""
     served = Served()
     process = subprocess.Popen(
         [sys.executable, "-m", "gateway", "serve", "--port", str(port), *args],
         env=env,
         stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
+        stderr=subprocess.PIPE if log_apart else subprocess.STDOUT,
         text=True,
     )
     try:
@@ -76,4 +79,5 @@ def serving(env: dict[str, str], port: int, *args: str) -> Iterator[Served]:
         yield served
     finally:
         os.kill(process.pid, signal.SIGTERM)
-        served.output, _ = process.communicate(timeout=20)
+        served.output, log = process.communicate(timeout=20)
+        served.log = log or ""
