@@ -13,6 +13,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+import httpx
 import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -124,6 +125,20 @@ class RecordingBackend:
     async def regenerate(self, ref: DeviceRef, caller: Caller, attempt: Attempt) -> Credentials:
         self.callers.append(caller)
         return Credentials(access_id="ABC234", otp="ABCD2345", device_id="F" * 32, expires_at=None)
+
+
+@dataclass
+class ServedGateway:
+    """A gateway served on loopback over a `RecordingBackend`, and a client with a valid token."""
+
+    client: httpx.AsyncClient
+    backend: RecordingBackend
+
+    async def graphql(self, document: str, **extra: Any) -> dict[str, Any]:
+        response = await self.client.post("/graphql", json={"query": document, **extra})
+        assert response.status_code == 200, response.text
+        body: dict[str, Any] = response.json()
+        return body
 
 
 def sqlite_settings(tmp_path: Path, **overrides: Any) -> Settings:

@@ -27,7 +27,7 @@ from gateway.api.view import GraphQLView
 from gateway.app import create_app
 from gateway.domain import Credentials
 from tests.demo import REGENERATE, bearer, device_input, errors
-from tests.security import RecordingBackend, sqlite_settings
+from tests.security import RecordingBackend, ServedGateway, sqlite_settings
 from tests.utils import run_server
 
 pytestmark = pytest.mark.anyio
@@ -48,16 +48,8 @@ def schema_of(app: Starlette) -> GatewaySchema:
 
 
 @dataclass
-class Gateway:
-    client: httpx.AsyncClient
-    backend: RecordingBackend
+class Gateway(ServedGateway):
     schema: GatewaySchema
-
-    async def graphql(self, document: str, **extra: Any) -> dict[str, Any]:
-        response = await self.client.post("/graphql", json={"query": document, **extra})
-        assert response.status_code == 200, response.text
-        body: dict[str, Any] = response.json()
-        return body
 
 
 class ExplodingBackend(RecordingBackend):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,7 @@ from gateway.app import create_app
 from gateway.http import BodySizeLimitMiddleware
 from gateway.settings import SettingsError
 from tests.demo import REGENERATE, bearer, device_input, errors, rest_path
-from tests.security import RecordingBackend, sqlite_settings
+from tests.security import RecordingBackend, ServedGateway, sqlite_settings
 from tests.utils import run_server
 
 pytestmark = pytest.mark.anyio
@@ -37,16 +36,7 @@ MUTATION = f"mutation {{ regenerateAccessCode(input: {INPUT}) {{ __typename }} }
 VERSION = "{ gateway { version } }"
 
 
-@dataclass
-class Gateway:
-    client: httpx.AsyncClient
-    backend: RecordingBackend
-
-    async def graphql(self, document: str, **extra: Any) -> dict[str, Any]:
-        response = await self.client.post("/graphql", json={"query": document, **extra})
-        assert response.status_code == 200, response.text
-        body: dict[str, Any] = response.json()
-        return body
+Gateway = ServedGateway
 
 
 @pytest.fixture(scope="module")
