@@ -124,8 +124,9 @@ class GraphQLView(GraphQL[Context, None]):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Strawberry's HTTP handling, with every request error (a body that is not a JSON object,
-        a mutation by GET, a batch, an untrusted document) answered as a GraphQL error in JSON,
-        never as plain text, so that a GraphQL client can read it."""
+        a mutation by GET, a batch, a persisted query refused, an Accept that allows no JSON: 406)
+        answered as a GraphQL error in JSON, never as plain text, so that a GraphQL client can read
+        it; in the negotiated media type, with the spec's status codes for `graphql-response+json`."""
         if scope["type"] != "http":
             await super().__call__(scope, receive, send)
             return
@@ -141,28 +142,28 @@ class GraphQLView(GraphQL[Context, None]):
                 scope = _with_content_type(scope, JSON)
             scope[_EXCHANGE] = exchange
             response = await self._answer(scope, receive, exchange)
+        if exchange.media_type == GRAPHQL_RESPONSE_JSON and response.headers.get("content-type", "").startswith(JSON):
+            response.headers["content-type"] = f"{GRAPHQL_RESPONSE_JSON}; charset=utf-8"  # GraphiQL's page stays HTML
+            if exchange.request_error and response.status_code == 200:
+                response.status_code = 400
         # A result may carry an OTP: no cache (the browser's, a proxy's) may keep it.
         response.headers["Cache-Control"] = "no-store"
         await response(scope, receive, send)
 
     async def _answer(self, scope: Scope, receive: Receive, exchange: Exchange) -> Response:
-        """Strawberry's answer, a request error as GraphQL JSON; with `application/graphql-response+json`
-        in that media type and with the spec's status codes."""
-        spec = exchange.media_type == GRAPHQL_RESPONSE_JSON
+        """Strawberry's answer, a request error as GraphQL JSON (a mutation by GET: the spec's 405
+        with `application/graphql-response+json`, 400 as before otherwise)."""
         try:
             response = await self.run(Request(scope=scope, receive=receive))
         except HTTPException as error:
-            if spec and isinstance(error.__cause__, InvalidOperationTypeError):  # a mutation by GET
+            spec = exchange.media_type == GRAPHQL_RESPONSE_JSON
+            if spec and isinstance(error.__cause__, InvalidOperationTypeError):
                 response = request_error(405, error.reason)
                 response.headers["Allow"] = "POST"
             else:
                 response = request_error(error.status_code, error.reason)
         except PersistedQueryRefused as refused:
             response = request_error(refused.status, refused.message, refused.code)
-        if spec and response.headers.get("content-type", "").startswith(JSON):  # not GraphiQL's page
-            response.headers["content-type"] = f"{GRAPHQL_RESPONSE_JSON}; charset=utf-8"
-            if exchange.request_error and response.status_code == 200:
-                response.status_code = 400
         return response
 
     def should_render_graphql_ide(self, request: BaseRequestProtocol) -> bool:
