@@ -65,7 +65,7 @@ _EXCHANGE = "gateway.graphql_exchange"
 """The scope key of the request's `Exchange`."""
 
 
-@dataclass
+@dataclass(slots=True)
 class Exchange:
     """What the view learns about one request on its way through Strawberry: the negotiated media
     type, and whether the answer is a request error (nothing executed)."""
