@@ -293,7 +293,13 @@ class GraphQLSettings(_Group):
     """distinct documents kept parsed and validated (least recently used dropped first; `0`: none). Only
     documents of at most 256 tokens and 4 KiB are kept: at worst about 40 MiB at 256"""
     trusted_documents: ReadableFile = Field("", validation_alias=f"{PREFIX}TRUSTED_DOCUMENTS")
-    """JSON file of trusted documents (sha256 → document); when set, only those run"""
+    """JSON file of trusted documents (sha256 → document); when set, only those run, and APQ registers nothing"""
+    apq: bool = Field(True, validation_alias=f"{PREFIX}APQ")
+    """Apollo's automatic persisted queries: a query sent by its `sha256Hash` alone runs once its text has been
+    registered (`false`: `PERSISTED_QUERY_NOT_SUPPORTED`, and clients send the text)"""
+    apq_cache_size: int = Field(1000, ge=1, le=100_000, validation_alias=f"{PREFIX}APQ_CACHE_SIZE")
+    """documents APQ keeps per process (least recently used dropped first); each at most
+    `GATEWAY_MAX_BODY_BYTES`"""
 
 
 class UpstreamSettings(_Group):

@@ -301,17 +301,28 @@ async def test_trusted_documents_run_by_hash_or_in_full(trusted: Gateway) -> Non
 
 
 @pytest.mark.parametrize(
-    "payload",
+    ("payload", "status", "code"),
     [
-        pytest.param({"query": "{ gateway { backend } }"}, id="unregistered"),
-        pytest.param(persisted("{ gateway { backend } }"), id="unknown-hash"),
-        pytest.param({"query": "{ gateway { backend } }", **persisted(VERSION)}, id="hash-of-another-document"),
-        pytest.param({}, id="nothing"),
+        pytest.param({"query": "{ gateway { backend } }"}, 400, "PERSISTED_QUERY_NOT_IN_LIST", id="unregistered"),
+        # Apollo's protocol: a miss is 200 with the code Apollo's link acts on (tests/test_apq.py).
+        pytest.param(persisted("{ gateway { backend } }"), 200, "PERSISTED_QUERY_NOT_FOUND", id="unknown-hash"),
+        pytest.param(
+            {"query": "{ gateway { backend } }", **persisted(VERSION)},
+            400,
+            "PERSISTED_QUERY_HASH_MISMATCH",
+            id="hash-of-another-document",
+        ),
+        pytest.param({}, 400, None, id="nothing"),
     ],
 )
-async def test_other_documents_are_refused(trusted: Gateway, payload: dict[str, Any]) -> None:
+async def test_other_documents_are_refused(
+    trusted: Gateway, payload: dict[str, Any], status: int, code: str | None
+) -> None:
     response = await trusted.client.post("/graphql", json=payload)
-    assert response.status_code == 400
+    assert response.status_code == status
+    body = response.json()
+    assert "data" not in body
+    assert body["errors"][0].get("extensions", {}).get("code") == code
     assert trusted.backend.callers == []
 
 

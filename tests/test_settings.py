@@ -111,6 +111,8 @@ OLD_NAMES: dict[str, tuple[str, str, object]] = {
     "GATEWAY_MAX_BODY_BYTES": ("http.max_body_bytes", "2048", 2048),
     "GATEWAY_MAX_HEADER_BYTES": ("http.max_header_bytes", "8192", 8192),
     "GATEWAY_TRUSTED_DOCUMENTS": ("graphql.trusted_documents", __file__, __file__),
+    "GATEWAY_APQ": ("graphql.apq", "false", False),
+    "GATEWAY_APQ_CACHE_SIZE": ("graphql.apq_cache_size", "10", 10),
     "GATEWAY_AUDIT_KEY_FILE": ("audit_key_file", __file__, __file__),
     "GATEWAY_ALLOW_PLAINTEXT_LOOPBACK": ("allow_plaintext_loopback", "true", True),
     "GATEWAY_AUTH_MAX_TOKEN_LIFETIME_SECONDS": ("auth.max_token_lifetime_seconds", "3600", 3600),

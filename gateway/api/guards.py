@@ -5,9 +5,8 @@
   it is spread. The token limit is the parser's (`max_tokens`); suggestions ("Did you mean …?")
   are hidden by graphql-core's `hide_suggestions` and `without_suggestions`, so a client without
   introspection cannot map the schema by probing.
-- `TrustedDocuments`: when `GATEWAY_TRUSTED_DOCUMENTS` names a file, only its documents run,
-  sent whole or by hash in Apollo's persisted-query format
-  (`extensions.persistedQuery.sha256Hash`).
+- `TrustedDocuments`: the file `GATEWAY_TRUSTED_DOCUMENTS` names, read and checked; when it is set,
+  only its documents run, sent whole or by hash (`gateway.api.persisted` decides which runs).
 
 Parsing, validation (these guards included) and their cache are in `gateway.api.documents`;
 execution and error masking in `gateway.api.schema`; the HTTP rules (JSON-only POST, no mutations
@@ -216,10 +215,6 @@ def without_suggestions(message: str) -> str:
     return _SUGGESTION.sub("", message)
 
 
-class UntrustedDocument(Exception):
-    """The request's document is not one of the trusted documents; the message says why."""
-
-
 def document_hash(document: str) -> str:
     return hashlib.sha256(document.encode("utf-8")).hexdigest()
 
@@ -256,20 +251,3 @@ class TrustedDocuments:
                 raise SettingsError(f"{name}: {key!r} in {path} is not the sha256 of its document")
             documents[key.lower()] = document
         return cls(documents)
-
-    def resolve(self, query: str | None, extensions: Mapping[str, Any] | None) -> str:
-        """The document to execute, or raise `UntrustedDocument`."""
-        persisted = (extensions or {}).get("persistedQuery")
-        sha = persisted.get("sha256Hash") if isinstance(persisted, dict) else None
-        if isinstance(sha, str):
-            document = self.documents.get(sha.lower())
-            if document is None:
-                raise UntrustedDocument("PersistedQueryNotFound: only trusted documents are executed here")
-            if query is not None and document_hash(query) != sha.lower():
-                raise UntrustedDocument("the query is not the document its sha256Hash names")
-            return document
-        if query is not None and document_hash(query) in self.documents:
-            return query
-        raise UntrustedDocument(
-            "only trusted documents are executed here: send extensions.persistedQuery.sha256Hash of a registered one"
-        )

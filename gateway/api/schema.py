@@ -216,6 +216,12 @@ class GatewaySchema(strawberry.Schema):
     def _finish(self, result: GraphQLExecutionResult, context: object) -> ExecutionResult:
         if not result.errors:
             return ExecutionResult(data=result.data, errors=None)
+        if result.data is None and all(error.path is None for error in result.errors):
+            # Nothing executed (variables that do not fit the operation, an unknown operation
+            # name): a request error, which GraphQL over HTTP answers with 400.
+            for error in result.errors:
+                error.message = without_suggestions(error.message)
+            return self._refusal(list(result.errors), context)
         _log_errors(result.errors, context)
         errors = []
         for error in result.errors:

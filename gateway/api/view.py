@@ -5,7 +5,11 @@
 - Mutations only by POST (Strawberry refuses them over GET); no batching (a JSON array is
   refused: the schema has no batching config); no multipart uploads.
 - GraphiQL only outside production; its headers pane starts with an Authorization template.
-- With trusted documents configured, only those documents run (`gateway.api.guards.TrustedDocuments`).
+- Persisted queries (`gateway.api.persisted`): Apollo's APQ, and with trusted documents configured,
+  only those documents run; every refusal is a GraphQL error with an `extensions.code`.
+- GraphQL over HTTP (`gateway.api.negotiation`): `application/graphql-response+json` when the client
+  prefers it, with the spec's status codes (a request error is 4xx, an executed one 200);
+  `application/json` otherwise, as before; 406 when the client accepts neither.
 - Responses are encoded with orjson.
 """
 
@@ -13,20 +17,27 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from dataclasses import dataclass
 
 import orjson
 from cross_web import AsyncHTTPRequestAdapter, HTTPException
-from starlette.datastructures import Headers
+from starlette.datastructures import Headers, QueryParams
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
-from strawberry.http import GraphQLRequestData
-from strawberry.schema import BaseSchema
+from strawberry.http import GraphQLHTTPResponse, GraphQLRequestData
+from strawberry.http.base import BaseRequestProtocol
+from strawberry.schema.exceptions import InvalidOperationTypeError
+from strawberry.types import ExecutionResult
+from strawberry.types.execution import PreExecutionError
 
 from gateway.api.context import Context
-from gateway.api.guards import TrustedDocuments, UntrustedDocument
+from gateway.api.guards import TrustedDocuments
+from gateway.api.negotiation import GRAPHQL_RESPONSE_JSON, JSON, response_media_type
+from gateway.api.persisted import PersistedQueries, PersistedQueryCache, PersistedQueryRefused
+from gateway.api.schema import GatewaySchema
 from gateway.callers import caller_of
 from gateway.settings import GraphQLSettings
 from gateway.state import state_of
@@ -41,20 +52,54 @@ def _with_content_type(scope: Scope, content_type: str) -> Scope:
     return {**scope, "headers": [*headers, (b"content-type", content_type.encode("latin-1"))]}
 
 
-def request_error(status: int, message: str) -> JSONResponse:
-    """A request the gateway will not execute, as GraphQL-over-HTTP describes it: `errors` only."""
-    return JSONResponse({"errors": [{"message": message}]}, status_code=status, headers={"Cache-Control": "no-store"})
+def request_error(status: int, message: str, code: str | None = None) -> JSONResponse:
+    """A request the gateway will not execute, as GraphQL-over-HTTP describes it: `errors` only
+    (with `extensions.code` when the refusal has one a client acts on)."""
+    error: dict[str, object] = {"message": message}
+    if code is not None:
+        error["extensions"] = {"code": code}
+    return JSONResponse({"errors": [error]}, status_code=status, headers={"Cache-Control": "no-store"})
+
+
+_EXCHANGE = "gateway.graphql_exchange"
+"""The scope key of the request's `Exchange`."""
+
+
+@dataclass(slots=True)
+class Exchange:
+    """What the view learns about one request on its way through Strawberry: the negotiated media
+    type, and whether the answer is a request error (nothing executed)."""
+
+    media_type: str
+    request_error: bool = False
+
+
+def _is_page_request(scope: Scope, headers: Headers) -> bool:
+    """What Strawberry renders GraphiQL for: a GET with no document (neither `query` nor a persisted
+    query's `extensions`) that accepts HTML. `gateway.auth.middleware.is_public` says the same."""
+    if scope["method"] != "GET":
+        return False
+    params = QueryParams(scope.get("query_string", b""))
+    accept = headers.get("accept", "")
+    return "query" not in params and "extensions" not in params and ("text/html" in accept or "*/*" in accept)
 
 
 class GraphQLView(GraphQL[Context, None]):
-    def __init__(self, schema: BaseSchema, *, settings: GraphQLSettings, production: bool) -> None:
+    def __init__(self, schema: GatewaySchema, *, settings: GraphQLSettings, production: bool) -> None:
         super().__init__(
             schema,
             graphql_ide=None if production else "graphiql",
             allow_queries_via_get=True,
             multipart_uploads_enabled=False,
         )
-        self.trusted = TrustedDocuments.load(settings.trusted_documents) if settings.trusted_documents else None
+        trusted = TrustedDocuments.load(settings.trusted_documents) if settings.trusted_documents else None
+        apq = PersistedQueryCache(settings.apq_cache_size) if settings.apq and trusted is None else None
+
+        def valid(text: str) -> bool:  # the document cache's verdict, kept for the execution that follows
+            prepared = schema.documents.get(text)
+            return prepared.document is not None and not prepared.errors
+
+        self.persisted = PersistedQueries(trusted=trusted, apq=apq, valid=valid)
 
     def encode_json(self, data: object) -> bytes:
         """orjson, several times faster than `json.dumps`; the stdlib for what orjson refuses
@@ -79,24 +124,63 @@ class GraphQLView(GraphQL[Context, None]):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Strawberry's HTTP handling, with every request error (a body that is not a JSON object,
-        a mutation by GET, a batch, an untrusted document) answered as a GraphQL error in JSON,
-        never as plain text, so that a GraphQL client can read it."""
+        a mutation by GET, a batch, a persisted query refused, an Accept that allows no JSON: 406)
+        answered as a GraphQL error in JSON, never as plain text, so that a GraphQL client can read
+        it; in the negotiated media type, with the spec's status codes for `graphql-response+json`."""
         if scope["type"] != "http":
             await super().__call__(scope, receive, send)
             return
-        media_type = Headers(scope=scope).get("content-type", "").split(";")[0].strip().lower()
-        if scope["method"] == "POST" and media_type != "application/json":
-            response: Response = request_error(415, "GraphQL requests must be POSTed as application/json")
+        headers = Headers(scope=scope)
+        exchange = Exchange(response_media_type(headers.get("accept")) or "")
+        media_type = headers.get("content-type", "").split(";")[0].strip().lower()
+        if not exchange.media_type and not _is_page_request(scope, headers):
+            response: Response = request_error(406, f"GraphQL responses are {GRAPHQL_RESPONSE_JSON} or {JSON}")
+        elif scope["method"] == "POST" and media_type != JSON:
+            response = request_error(415, "GraphQL requests must be POSTed as application/json")
         else:
-            if media_type == "application/json":  # media types are case-insensitive; Strawberry's check is not
-                scope = _with_content_type(scope, "application/json")
-            try:
-                response = await self.run(Request(scope=scope, receive=receive))
-            except HTTPException as error:
-                response = request_error(error.status_code, error.reason)
+            if media_type == JSON:  # media types are case-insensitive; Strawberry's check is not
+                scope = _with_content_type(scope, JSON)
+            scope[_EXCHANGE] = exchange
+            response = await self._answer(scope, receive, exchange)
+        if exchange.media_type == GRAPHQL_RESPONSE_JSON and response.headers.get("content-type", "").startswith(JSON):
+            response.headers["content-type"] = f"{GRAPHQL_RESPONSE_JSON}; charset=utf-8"  # GraphiQL's page stays HTML
+            if exchange.request_error and response.status_code == 200:
+                response.status_code = 400
         # A result may carry an OTP: no cache (the browser's, a proxy's) may keep it.
         response.headers["Cache-Control"] = "no-store"
         await response(scope, receive, send)
+
+    async def _answer(self, scope: Scope, receive: Receive, exchange: Exchange) -> Response:
+        """Strawberry's answer, a request error as GraphQL JSON (a mutation by GET: the spec's 405
+        with `application/graphql-response+json`, 400 as before otherwise)."""
+        try:
+            response = await self.run(Request(scope=scope, receive=receive))
+        except HTTPException as error:
+            spec = exchange.media_type == GRAPHQL_RESPONSE_JSON
+            if spec and isinstance(error.__cause__, InvalidOperationTypeError):
+                response = request_error(405, error.reason)
+                response.headers["Allow"] = "POST"
+            else:
+                response = request_error(error.status_code, error.reason)
+        except PersistedQueryRefused as refused:
+            response = request_error(refused.status, refused.message, refused.code)
+        return response
+
+    def should_render_graphql_ide(self, request: BaseRequestProtocol) -> bool:
+        """Strawberry's rule, but a GET with a persisted query's `extensions` is an execution."""
+        return super().should_render_graphql_ide(request) and request.query_params.get("extensions") is None
+
+    async def process_result(self, request: Request, result: ExecutionResult) -> GraphQLHTTPResponse:
+        """Strawberry's rendering; with `application/graphql-response+json`, a result where nothing
+        executed (a document that does not parse or validate, variables that do not fit) is a
+        request error: no `data` entry, and 400."""
+        rendered = await super().process_result(request, result)
+        if isinstance(result, PreExecutionError):
+            exchange: Exchange | None = request.scope.get(_EXCHANGE)
+            if exchange is not None and exchange.media_type == GRAPHQL_RESPONSE_JSON:
+                exchange.request_error = True
+                rendered.pop("data", None)
+        return rendered
 
     def decode_json(self, data: str | bytes) -> object:
         """orjson's strict parser: invalid UTF-8 and nesting past 1,024 levels are refused as bad
@@ -107,11 +191,9 @@ class GraphQLView(GraphQL[Context, None]):
         return decoded
 
     async def parse_http_body(self, request: AsyncHTTPRequestAdapter) -> GraphQLRequestData | list[GraphQLRequestData]:
+        """Strawberry's parsing, then the persisted query's document (raises `PersistedQueryRefused`)."""
         data = await super().parse_http_body(request)
-        if self.trusted is None or isinstance(data, list):
+        if isinstance(data, list):  # a batch, refused as such later
             return data
-        try:
-            query = self.trusted.resolve(data.query, data.extensions)
-        except UntrustedDocument as error:
-            raise HTTPException(400, str(error)) from None
-        return dataclasses.replace(data, query=query)
+        query = self.persisted.resolve(data.query, data.extensions)
+        return data if query is data.query else dataclasses.replace(data, query=query)

@@ -43,9 +43,9 @@ KEYS_RETRY_AFTER_SECONDS = 10
 def is_public(scope: Scope, public_paths: Collection[str] = PUBLIC_PATHS) -> bool:
     """Everything needs a token except the public paths and the GraphiQL page.
 
-    The page is exactly what Strawberry renders instead of executing: a GET with no `query`
-    parameter that accepts text/html or */* (anything else, a persisted query by its hash
-    included, is an execution and needs a token).
+    The page is exactly what the GraphQL view renders instead of executing: a GET with neither a
+    `query` nor an `extensions` parameter that accepts text/html or */* (anything else, a persisted
+    query by its hash included, is an execution and needs a token).
     """
     path: str = scope["path"]
     if path in public_paths:
@@ -53,7 +53,8 @@ def is_public(scope: Scope, public_paths: Collection[str] = PUBLIC_PATHS) -> boo
     if path == "/graphql" and scope.get("method") == "GET":
         accept = Headers(scope=scope).get("accept", "")
         wants_page = "text/html" in accept or "*/*" in accept
-        return wants_page and "query" not in QueryParams(scope.get("query_string", b""))
+        params = QueryParams(scope.get("query_string", b""))
+        return wants_page and "query" not in params and "extensions" not in params
     return False
 
 

@@ -1,0 +1,138 @@
+"""Persisted queries: a document named by its hash, in Apollo's protocol.
+
+A request names its document with `extensions.persistedQuery`, `{"version": 1, "sha256Hash": "<hex>"}`,
+the hash being the lowercase hex SHA-256 of the document's exact text. Two features answer it:
+
+- **Automatic persisted queries (APQ)**, `GATEWAY_APQ`: the hash alone runs a document this process
+  has seen; a miss answers `PERSISTED_QUERY_NOT_FOUND`, the client sends the hash and the text
+  together, and that registers it once the hash matches the text and the document is valid. The
+  documents live in a bounded LRU (`PersistedQueryCache`), one per process.
+- **Trusted documents**, `GATEWAY_TRUSTED_DOCUMENTS` (`gateway.api.guards.TrustedDocuments`): the
+  hash runs a document of the list, and nothing else runs; registration is refused.
+
+Every refusal is a `PersistedQueryRefused`: a GraphQL error with an `extensions.code` (Apollo's codes
+where Apollo has one), and the HTTP status Apollo Server gives it. The view renders it as GraphQL JSON.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.api.guards import TrustedDocuments, document_hash
+
+
+class PersistedQueryRefused(Exception):
+    """The request's persisted query cannot run: `message` and `code` for the GraphQL error, `status` for HTTP."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+def not_found() -> PersistedQueryRefused:
+    # 200, as Apollo Server 4 and 5 answer it: Apollo's link retries with the text on this code, and
+    # some clients' error handling hides the body of a 4xx.
+    return PersistedQueryRefused(200, "PERSISTED_QUERY_NOT_FOUND", "PersistedQueryNotFound")
+
+
+def not_supported() -> PersistedQueryRefused:
+    # 200, as Apollo Server answers it: Apollo's link then stops hashing and sends the text.
+    return PersistedQueryRefused(200, "PERSISTED_QUERY_NOT_SUPPORTED", "PersistedQueryNotSupported")
+
+
+def hash_mismatch() -> PersistedQueryRefused:
+    # Apollo's message; a hash may never name another document's text (hash hijacking).
+    return PersistedQueryRefused(400, "PERSISTED_QUERY_HASH_MISMATCH", "provided sha does not match query")
+
+
+def not_in_list() -> PersistedQueryRefused:
+    # The code Apollo's router gives a document that is not on its persisted query list.
+    return PersistedQueryRefused(
+        400,
+        "PERSISTED_QUERY_NOT_IN_LIST",
+        "only trusted documents run here, and this document is not one: send extensions.persistedQuery.sha256Hash "
+        "of a trusted document",
+    )
+
+
+def bad_request(message: str) -> PersistedQueryRefused:
+    return PersistedQueryRefused(400, "BAD_REQUEST", message)
+
+
+class PersistedQueryCache:
+    """Document texts by their hash, at most `size` of them, the least recently used dropped first."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._texts: OrderedDict[str, str] = OrderedDict()
+
+    def get(self, sha: str) -> str | None:
+        text = self._texts.get(sha)
+        if text is not None:
+            self._texts.move_to_end(sha)
+        return text
+
+    def put(self, sha: str, text: str) -> None:
+        self._texts[sha] = text
+        self._texts.move_to_end(sha)
+        if len(self._texts) > self.size:
+            self._texts.popitem(last=False)
+
+    def __contains__(self, sha: object) -> bool:
+        return sha in self._texts
+
+    def __len__(self) -> int:
+        return len(self._texts)
+
+
+@dataclass
+class PersistedQueries:
+    """Which document a request runs, given its `query` and `extensions`.
+
+    `apq` is None when APQ is off; `valid(text)` says whether a document parses and validates (only
+    a valid document is registered, as Apollo Server does).
+    """
+
+    trusted: TrustedDocuments | None
+    apq: PersistedQueryCache | None
+    valid: Callable[[str], bool]
+
+    def resolve(self, query: str | None, extensions: Mapping[str, Any] | None) -> str | None:
+        """The document to run (None: the request has none), or raise `PersistedQueryRefused`."""
+        persisted = extensions.get("persistedQuery") if extensions else None
+        if persisted is None:
+            if self.trusted is not None and query is not None and document_hash(query) not in self.trusted.documents:
+                raise not_in_list()
+            return query
+        if self.trusted is None and self.apq is None:
+            raise not_supported()
+        if not isinstance(persisted, dict) or persisted.get("version") != 1:
+            raise bad_request("Unsupported persisted query version")
+        sha = persisted.get("sha256Hash")
+        if not isinstance(sha, str):
+            raise bad_request("extensions.persistedQuery.sha256Hash must be a string")
+        if query is None:
+            return self._lookup(sha)
+        if document_hash(query) != sha:
+            raise hash_mismatch()
+        if self.trusted is not None:
+            if sha not in self.trusted.documents:
+                raise not_in_list()  # no registration beside a list of trusted documents
+            return query
+        if self.apq is not None and self.apq.get(sha) is None and self.valid(query):
+            self.apq.put(sha, query)
+        return query
+
+    def _lookup(self, sha: str) -> str:
+        if self.trusted is not None:
+            document = self.trusted.documents.get(sha.lower())
+        else:
+            document = self.apq.get(sha) if self.apq is not None else None
+        if document is None:
+            raise not_found()
+        return document
