@@ -22,7 +22,7 @@ import pytest
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import SpanKind, StatusCode
 from sqlalchemy import make_url
 
 from gateway.app import create_app
@@ -47,7 +47,15 @@ from tests.demo import (
     rest_path,
 )
 from tests.test_cli import dev_token
-from tests.upstream_servers import DEVICE_INSTANCE, FAKE_ACCESS_ID, FAKE_OTP, serve_scripted, upstream_settings
+from tests.upstream_servers import (
+    DEVICE_INSTANCE,
+    FAKE_ACCESS_ID,
+    FAKE_OTP,
+    ScriptedUpstream,
+    answer,
+    serve_scripted,
+    upstream_settings,
+)
 from tests.utils import free_port, run_server, serving
 
 pytestmark = pytest.mark.anyio
@@ -132,9 +140,12 @@ async def test_local_mode_a_trace_from_the_callers_traceparent_to_the_store(
     ):
         credentials = await regenerate(client)
         refused = await client.put(rest_path(mSubjectId="MSUBJECT-999"))
-        spans = await finished(exporter, requests=2)
+        unrouted = await client.get(f"/studies/{STUDY}/subjects/{SUBJECT}")
+        spans = await finished(exporter, requests=3)
     assert credentials["__typename"] == "BootstrapCredentials"
     assert refused.status_code == 400
+    assert unrouted.status_code == 404
+    assert one(spans, "GET").kind is SpanKind.SERVER  # no route: the method alone names it, not the path
 
     graphql = one(spans, "POST /graphql")
     assert graphql.kind is SpanKind.SERVER
@@ -222,6 +233,36 @@ async def test_upstream_mode_the_upstream_receives_the_trace(
 
     issued = [FAKE_OTP, FAKE_ACCESS_ID, DEVICE_INSTANCE]
     assert_nothing_names(spans, [*IDENTIFIERS, *issued, token.removeprefix("Bearer ")])
+
+
+async def test_an_upstream_failure_marks_its_span_without_quoting_the_upstream(
+    tmp_path: Path, provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    page = f"<html>proxy error for subject {SUBJECT}</html>"
+    async with serve_scripted(ScriptedUpstream(handler=answer(503, page))) as (_, upstream_url):
+        settings = upstream_settings(
+            upstream_url,
+            otel=True,
+            data_dir=str(tmp_path),
+            database_url=f"sqlite+aiosqlite:///{tmp_path / 'store.sqlite3'}",
+            insecure_disable_auth=True,
+        )
+        async with (
+            run_server(create_app(settings, tracer_provider=provider)) as url,
+            httpx.AsyncClient(base_url=url, headers={"traceparent": TRACEPARENT}, timeout=10) as client,
+        ):
+            assert (await regenerate(client))["__typename"] == "UpstreamUnavailableError"
+            spans = await finished(exporter, requests=1)
+    call = one(spans, f"PUT {ACCESS_CODE_PATH}")
+    assert call.status.status_code is StatusCode.ERROR
+    assert call.attributes is not None
+    assert call.attributes["http.response.status_code"] == 503
+    assert one(spans, "graphql mutation").attributes == {
+        "graphql.operation.type": "mutation",
+        "gateway.graphql.fields": ("regenerateAccessCode",),
+        "gateway.outcome": "UpstreamUnavailableError",
+    }
+    assert_nothing_names(spans, [*IDENTIFIERS, "proxy error"])
 
 
 async def test_off_no_spans_and_no_middleware(
