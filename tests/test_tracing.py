@@ -331,6 +331,7 @@ def refused(env: dict[str, str]) -> str:
         check=False,
     )
     assert done.returncode == 2, done.stderr
+    assert done.stdout == ""  # refused before the store was touched or the banner printed
     lines = done.stderr.splitlines()
     assert len(lines) == 1, done.stderr
     return lines[0]
