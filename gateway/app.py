@@ -11,7 +11,9 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
+import anyio.to_thread
 from sqlalchemy import Table
 from starlette.applications import Starlette
 from starlette.middleware.authentication import AuthenticationMiddleware
@@ -31,22 +33,56 @@ from gateway.http import BodySizeLimitMiddleware, HeaderSizeLimitMiddleware, Req
 from gateway.logs import configure, note_upstream_response
 from gateway.rate_limits import RateLimiter
 from gateway.regeneration import Policy, RegenerationService
-from gateway.settings import Settings
+from gateway.settings import Settings, SettingsError
 from gateway.shutdown import ShutdownSignal
 from gateway.state import AppState
 from gateway.store import Store
 from gateway.upstream import UpstreamClient, upstream_http_client
 
+if TYPE_CHECKING:
+    from opentelemetry.trace import TracerProvider
+
+    from gateway.tracing import Tracing
+
 log = logging.getLogger(__name__)
 
+OTEL_MISSING = "GATEWAY_OTEL=true needs OpenTelemetry, which is not installed: pip install '.[otel]'"
 
-async def open_backend(settings: Settings, store: Store, resources: AsyncExitStack) -> Backend:
+
+def open_tracing(settings: Settings, provider: TracerProvider | None = None) -> Tracing | None:
+    """`GATEWAY_OTEL=true`: the gateway's tracing over `provider`, else one the `OTEL_*` variables
+    configure. Off: None, and nothing of OpenTelemetry is imported. `SettingsError` (one line) when
+    the extra is missing or `OTEL_TRACES_EXPORTER` names an exporter that is not installed."""
+    if not settings.otel:
+        return None
+    try:
+        from gateway.tracing import Tracing
+    except ImportError:
+        raise SettingsError(OTEL_MISSING) from None
+    return Tracing(provider) if provider is not None else Tracing.from_env()
+
+
+def check_tracing(settings: Settings) -> None:
+    """What `open_tracing` would refuse, checked without building anything (`gateway serve`, before
+    any worker starts)."""
+    if not settings.otel:
+        return
+    try:
+        from gateway.tracing import exporter_classes
+    except ImportError:
+        raise SettingsError(OTEL_MISSING) from None
+    exporter_classes()
+
+
+async def open_backend(
+    settings: Settings, store: Store, resources: AsyncExitStack, tracing: Tracing | None = None
+) -> Backend:
     """The backend the settings choose. What it opens (the upstream's HTTP client) goes on
     `resources`, which the lifespan closes."""
     if settings.backend == "upstream":
         http = await resources.enter_async_context(upstream_http_client(settings.upstream))
         http.event_hooks["response"] = [*http.event_hooks["response"], note_upstream_response]  # for the access line
-        return UpstreamClient.from_settings(settings.upstream, http)
+        return UpstreamClient.from_settings(settings.upstream, http, tracing=tracing)
     return CredentialEngine(
         store,
         otp_ttl=timedelta(seconds=settings.otp_ttl_seconds),
@@ -63,18 +99,25 @@ def store_tables(settings: Settings) -> tuple[Table, ...]:
     return (*audit.TABLES, *rate_limits.TABLES, *engine_tables)
 
 
-def create_app(settings: Settings, *, backend: Backend | None = None) -> Starlette:
-    """The gateway as an ASGI app. `backend` overrides the one the settings choose (for tests)."""
+def create_app(
+    settings: Settings, *, backend: Backend | None = None, tracer_provider: TracerProvider | None = None
+) -> Starlette:
+    """The gateway as an ASGI app. `backend` overrides the one the settings choose, `tracer_provider`
+    the one `OTEL_*` configures when `GATEWAY_OTEL=true` (both for tests)."""
+    tracing = open_tracing(settings, tracer_provider)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[AppState]:
         async with AsyncExitStack() as resources:
+            if tracing is not None:  # last out: the spans of everything closed before it are exported
+                resources.push_async_callback(anyio.to_thread.run_sync, tracing.shutdown)
             authenticator = await open_authenticator(settings.auth, settings.data_dir, resources)
             # The store serves every backend: the engine's registry, and the audit trail and rate limits.
             store = await Store.open(settings.store_url, schema=settings.database_schema, tables=store_tables(settings))
             resources.push_async_callback(store.close)
+            store.tracing = tracing
             trail = AuditTrail(store, audit_key(settings))
-            chosen = backend if backend is not None else await open_backend(settings, store, resources)
+            chosen = backend if backend is not None else await open_backend(settings, store, resources, tracing)
             local = chosen if isinstance(chosen, CredentialEngine) else None
             shutdown = resources.enter_context(ShutdownSignal().watching())
             yield AppState(
@@ -88,7 +131,7 @@ def create_app(settings: Settings, *, backend: Backend | None = None) -> Starlet
 
     policy = Policy.from_settings(settings.rate_limits, require_principal=not settings.auth.insecure_disable_auth)
     graphql = GraphQLView(
-        build_schema(settings.graphql, production=settings.production),
+        build_schema(settings.graphql, production=settings.production, tracing=tracing),
         settings=settings.graphql,
         production=settings.production,
     )
@@ -106,6 +149,10 @@ def create_app(settings: Settings, *, backend: Backend | None = None) -> Starlet
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.http.max_body_bytes)
     app.add_middleware(HeaderSizeLimitMiddleware, max_bytes=settings.http.max_header_bytes)
     app.add_middleware(RequestIdMiddleware)
+    if tracing is not None:  # outermost: the request's span covers the rest, continuing the caller's traceparent
+        from gateway.tracing import RequestSpans
+
+        app.add_middleware(RequestSpans, tracing=tracing, routes=routes)
     return app
 
 

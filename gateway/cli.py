@@ -143,6 +143,9 @@ def serve(settings: Settings, workers: int) -> int:
     from gateway.logs import configure
 
     configure(settings)
+    from gateway.app import check_tracing
+
+    check_tracing(settings)  # GATEWAY_OTEL=true without the extra stops here, before the store or any worker
     _check_port(settings)
     with _starting(settings, "data"):
         audit_key(settings)  # a missing or unreadable key stops here, in one line, before any worker starts

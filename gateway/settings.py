@@ -414,6 +414,10 @@ class Settings(_Group):
     `GATEWAY_DATA_DIR` (refused in production, where the key must live outside the data folder)"""
     metrics: bool = True
     """`GET /metrics` answers in Prometheus' text format, with no token (`false`: 404)"""
+    otel: bool = False
+    """OpenTelemetry traces (needs `pip install '.[otel]'`): a span per request, GraphQL operation, store
+    transaction and upstream call, the caller's `traceparent` continued and sent upstream; the exporter, service
+    name and sampler come from the standard `OTEL_*` variables"""
     shutdown_timeout_seconds: int = Field(25, ge=1, le=3600)
     """on SIGTERM, how long in-flight requests may run before they are cut, in seconds; `/readyz` answers
     503 from the signal on, then the pools close and the process exits 0 (keep it under the orchestrator's

@@ -39,7 +39,7 @@ from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import anyio.to_thread
 from anyio import CapacityLimiter
@@ -49,6 +49,9 @@ from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from gateway.metrics import STORE_COMMITS
+
+if TYPE_CHECKING:
+    from gateway.tracing import Tracing
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +119,8 @@ class Participant(Protocol):
 class _Pending:
     unit: Unit[Any]
     answer: asyncio.Future[Any]
+    trace: object = None
+    """The submitter's trace context, with tracing on: its batch's span is linked to it."""
 
 
 Outcome = tuple[list[Any], tuple[int, Exception] | None]
@@ -138,6 +143,8 @@ class Store:
         self._queue: list[_Pending] = []
         self._writer: asyncio.Task[None] | None = None
         self._closed = False
+        self.tracing: Tracing | None = None
+        """With `GATEWAY_OTEL=true`, a span per batch transaction (the app's lifespan sets it)."""
 
     @property
     def dialect(self) -> str:
@@ -229,7 +236,7 @@ class Store:
         if self._closed:
             raise RuntimeError("the store is closed")
         answer: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Pending(unit, answer))
+        self._queue.append(_Pending(unit, answer, self.tracing.current() if self.tracing else None))
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._write(), name="store-group-commit")
         return await answer
@@ -252,7 +259,10 @@ class Store:
         while batch:
             units = [pending.unit for pending in batch]
             try:
-                results, failed = await self._run(units)
+                if self.tracing is None:
+                    results, failed = await self._run(units)
+                else:
+                    results, failed = await self._run_traced(self.tracing, batch)
             except Exception as error:  # the begin, a participant or the commit failed: nothing is stored
                 for pending in batch:
                     _answer(pending.answer, error=error)
@@ -266,6 +276,13 @@ class Store:
             index, unit_error = failed
             _answer(batch[index].answer, error=unit_error)
             batch = batch[:index] + batch[index + 1 :]
+
+    async def _run_traced(self, tracing: Tracing, batch: list[_Pending]) -> Outcome:
+        """`_run` in a span of its own: the dialect, the units, whether one failed (never what it raised)."""
+        with tracing.store_transaction(self.dialect, [pending.trace for pending in batch]):
+            results, failed = await self._run([pending.unit for pending in batch])
+            tracing.note("gateway.store.outcome", "committed" if failed is None else "rolled back: a unit failed")
+            return results, failed
 
     async def _run(self, units: list[Unit[Any]]) -> Outcome:
         if self._sqlite is not None:

@@ -63,6 +63,7 @@ OLD_NAMES: dict[str, tuple[str, str, object]] = {
     "GATEWAY_DEMO_DATA": ("demo_data", "off", False),
     "GATEWAY_LOG_LEVEL": ("log_level", "DEBUG", "debug"),
     "GATEWAY_METRICS": ("metrics", "false", False),
+    "GATEWAY_OTEL": ("otel", "true", True),
     "GATEWAY_LOG_FORMAT": ("log_format", "json", "json"),
     "GATEWAY_SHUTDOWN_TIMEOUT_SECONDS": ("shutdown_timeout_seconds", "3", 3),
     "GATEWAY_RATE_LIMIT_DEVICE": ("rate_limits.device", "7", 7),

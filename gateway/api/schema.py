@@ -12,14 +12,16 @@ import logging
 import time
 from collections.abc import Iterable
 from inspect import isawaitable
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import strawberry
 from graphql import (
     ASTValidationRule,
     DocumentNode,
+    FieldNode,
     GraphQLError,
     NoSchemaIntrospectionCustomRule,
+    get_operation_ast,
     specified_rules,
 )
 from graphql import ExecutionResult as GraphQLExecutionResult
@@ -50,6 +52,9 @@ from gateway.api.types import (
 from gateway.domain import Refusal
 from gateway.metrics import observe_request
 from gateway.settings import GraphQLSettings
+
+if TYPE_CHECKING:
+    from gateway.tracing import Tracing
 
 log = logging.getLogger(__name__)
 
@@ -136,8 +141,18 @@ class GatewaySchema(strawberry.Schema):
     served (no route or transport reaches them) and refuse to run unguarded.
     """
 
-    def __init__(self, *, query: type, mutation: type, settings: GraphQLSettings, production: bool) -> None:
+    def __init__(
+        self,
+        *,
+        query: type,
+        mutation: type,
+        settings: GraphQLSettings,
+        production: bool,
+        tracing: Tracing | None = None,
+    ) -> None:
         super().__init__(query=query, mutation=mutation)
+        self.tracing = tracing
+        """With `GATEWAY_OTEL=true`, a span per operation: its type, root fields and outcome, never the document."""
         self.guard_work = GuardWork()
         """What the document guards did, for tests and profiling."""
         limits = DocumentLimits(
@@ -181,6 +196,11 @@ class GatewaySchema(strawberry.Schema):
             raise InvalidOperationTypeError(operation_type)
         if prepared.errors:
             return self._refusal(list(prepared.errors), context)
+        if self.tracing is not None:
+            operation = get_operation_ast(prepared.document, operation_name)
+            selections = operation.selection_set.selections if operation is not None else ()
+            fields = [node.name.value for node in selections if isinstance(node, FieldNode)]  # names, not aliases
+            self.tracing.describe_operation(operation_type.value, fields)
         return prepared.document
 
     def _refusal(self, errors: list[GraphQLError], context: object) -> ExecutionResult:
@@ -261,7 +281,19 @@ class GatewaySchema(strawberry.Schema):
         return context_value, outcome
 
     async def execute(self, *args: Any, **kwargs: Any) -> ExecutionResult:
-        """Strawberry's `execute` (same arguments), on the cached document."""
+        """Strawberry's `execute` (same arguments), on the cached document; in a span with tracing on."""
+        if self.tracing is None:
+            return await self._execute(*args, **kwargs)
+        with self.tracing.operation():
+            result = await self._execute(*args, **kwargs)
+            entry = logs.current.get()
+            if entry is not None and entry.outcome is not None:
+                self.tracing.note("gateway.outcome", entry.outcome)  # the union member's __typename
+            if result.errors:
+                self.tracing.note("gateway.graphql.errors", len(result.errors))
+            return result
+
+    async def _execute(self, *args: Any, **kwargs: Any) -> ExecutionResult:
         context_value, outcome = self._start(*args, **kwargs)
         if isinstance(outcome, ExecutionResult):
             return outcome
@@ -290,11 +322,15 @@ class GatewaySchema(strawberry.Schema):
         raise NotImplementedError("the gateway serves GraphQL over plain HTTP only: use execute")
 
 
-def build_schema(settings: GraphQLSettings | None = None, *, production: bool = False) -> GatewaySchema:
+def build_schema(
+    settings: GraphQLSettings | None = None, *, production: bool = False, tracing: Tracing | None = None
+) -> GatewaySchema:
     """The schema with the settings' limits (depth, aliases counted through fragments, fan-out,
-    tokens), its document cache, suggestions hidden and introspection off in production. The SDL
-    never depends on them."""
-    return GatewaySchema(query=Query, mutation=Mutation, settings=settings or GraphQLSettings(), production=production)
+    tokens), its document cache, suggestions hidden and introspection off in production, and a span
+    per operation with `tracing`. The SDL never depends on them."""
+    return GatewaySchema(
+        query=Query, mutation=Mutation, settings=settings or GraphQLSettings(), production=production, tracing=tracing
+    )
 
 
 schema = build_schema()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import ssl
 import time
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 import anyio
@@ -47,6 +48,9 @@ from gateway.upstream.resilience import (
     Sleep,
 )
 from gateway.upstream.transport import AiohttpTransport
+
+if TYPE_CHECKING:
+    from gateway.tracing import Tracing
 
 log = logging.getLogger(__name__)
 
@@ -120,8 +124,10 @@ class UpstreamClient:
         breaker: CircuitBreaker,
         total_timeout: float = 150.0,
         now: Clock = utc_now,
+        tracing: Tracing | None = None,
     ) -> None:
         self.http = http
+        self.tracing = tracing
         self.total_timeout = total_timeout
         self.auth = auth
         self.retry = retry
@@ -138,6 +144,7 @@ class UpstreamClient:
         clock: MonotonicClock = time.monotonic,
         now: Clock = utc_now,
         sleep: Sleep = anyio.sleep,
+        tracing: Tracing | None = None,
     ) -> UpstreamClient:
         """The client the settings describe, over `http` (from `upstream_http_client`, owned by the caller)."""
         retry = ConnectRetry(settings.connect_retries, settings.retry_backoff_seconds, sleep=sleep)
@@ -161,6 +168,7 @@ class UpstreamClient:
             breaker=CircuitBreaker(settings.breaker_failure_threshold, settings.breaker_reset_seconds, clock=clock),
             total_timeout=settings.total_timeout_seconds,
             now=now,
+            tracing=tracing,
         )
 
     async def regenerate(self, ref: DeviceRef, caller: Caller, attempt: Attempt | None = None) -> Credentials:
@@ -223,6 +231,20 @@ class UpstreamClient:
     async def _send(self, path: str, ref: DeviceRef, caller: Caller, auth: CallAuth) -> Answer:
         headers = {"Accept": "application/json", "Accept-Encoding": ACCEPT_ENCODING, "X-Request-ID": caller.request_id}
         request = self.http.build_request("PUT", path, params={"mSubjectId": ref.m_subject_id}, headers=headers)
+        if self.tracing is None:
+            return await self._deliver(request, caller, auth)
+        # A span per call, named by the path's template (the path names the subject); `traceparent` goes along.
+        with self.tracing.upstream_call(request, ACCESS_CODE_PATH) as call:
+            try:
+                answer = await self._deliver(request, caller, auth)
+            except UpstreamFailure as failure:
+                call.failed(failure.reason)
+                raise
+            call.answered(answer.status)
+            return answer
+
+    async def _deliver(self, request: httpx.Request, caller: Caller, auth: CallAuth) -> Answer:
+        """Send `request` (connect retries only), read the answer within the caps and the deadline."""
         started = time.perf_counter()
         try:
             # httpx's timeouts bound each connect, write and read; this bounds the call as a whole.
