@@ -15,9 +15,11 @@ from datetime import timedelta
 from sqlalchemy import Table
 from starlette.applications import Starlette
 from starlette.middleware.authentication import AuthenticationMiddleware
-from starlette.routing import Route
+from starlette.middleware.cors import CORSMiddleware
+from starlette.routing import Mount, Route
 
 from gateway import audit, device, health, metrics, rate_limits, rest
+from gateway.api.graphiql import page as graphiql
 from gateway.api.schema import build_schema
 from gateway.api.view import GraphQLView
 from gateway.audit import AuditTrail, audit_key
@@ -38,6 +40,11 @@ from gateway.store import Store
 from gateway.upstream import UpstreamClient, upstream_http_client
 
 log = logging.getLogger(__name__)
+
+CORS_METHODS = ["GET", "POST", "PUT"]
+"""GraphQL (GET, POST) and the REST face (PUT)."""
+CORS_HEADERS = ["Authorization", "Content-Type", "X-Request-ID"]
+"""What a page may send: the token, JSON, and its own request id to follow a call in the logs."""
 
 
 async def open_backend(settings: Settings, store: Store, resources: AsyncExitStack) -> Backend:
@@ -98,13 +105,25 @@ def create_app(settings: Settings, *, backend: Backend | None = None) -> Starlet
         *rest.routes,
         *device.routes,
         *(metrics.routes if settings.metrics else []),
+        *([] if settings.production else [Mount(graphiql.ASSETS_PATH, graphiql.assets_app())]),
     ]
     app = Starlette(routes=routes, lifespan=lifespan)
-    # Outermost last: request id, then the header and body-size limits, then bearer authentication.
+    # Outermost last: request id, then CORS (a preflight needs no token; a refusal below still carries
+    # the CORS headers, so a page can read its status), the header and body-size limits, then bearer
+    # authentication.
     bearer_tokens = BearerTokenBackend(enabled=not settings.auth.insecure_disable_auth)
     app.add_middleware(AuthenticationMiddleware, backend=bearer_tokens, on_error=refuse)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.http.max_body_bytes)
     app.add_middleware(HeaderSizeLimitMiddleware, max_bytes=settings.http.max_header_bytes)
+    if settings.http.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.http.cors_origins,
+            allow_methods=CORS_METHODS,
+            allow_headers=CORS_HEADERS,
+            expose_headers=["X-Request-ID"],
+            max_age=600,
+        )
     app.add_middleware(RequestIdMiddleware)
     return app
 
