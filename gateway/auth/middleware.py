@@ -37,7 +37,7 @@ PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/api/deviceBootstr
 identifiers, and is off with `GATEWAY_METRICS=false`)."""
 
 PUBLIC_PREFIXES = ("/graphiql/",)
-"""Paths under which nothing needs a token: GraphiQL's own JavaScript and CSS (`gateway.api.graphiql`),
+"""Paths under which reading needs no token: GraphiQL's own JavaScript and CSS (`gateway.api.graphiql`),
 as public as the page that loads them."""
 
 KEYS_RETRY_AFTER_SECONDS = 10
@@ -52,8 +52,10 @@ def is_public(scope: Scope, public_paths: Collection[str] = PUBLIC_PATHS) -> boo
     included, is an execution and needs a token).
     """
     path: str = scope["path"]
-    if path in public_paths or path.startswith(PUBLIC_PREFIXES):
+    if path in public_paths:
         return True
+    if path.startswith(PUBLIC_PREFIXES):  # every path below is the static files' (their mount's), read only
+        return scope.get("method") in {"GET", "HEAD"}
     if path == "/graphql" and scope.get("method") == "GET":
         accept = Headers(scope=scope).get("accept", "")
         wants_page = "text/html" in accept or "*/*" in accept
