@@ -424,7 +424,7 @@ class Settings(_Group):
     production: bool = False
     """introspection and GraphiQL off; no demo data; refuses `GATEWAY_INSECURE_DISABLE_AUTH`, the development
     secret, a predictable HS256 secret, plain-http upstream, token and JWKS URLs, an audit key in the data
-    folder and `gateway token`"""
+    folder, `GATEWAY_CORS_ORIGINS=*` and `gateway token`"""
     allow_plaintext_loopback: bool = False
     """in production, allow plain `http://` upstream, token and JWKS URLs on a loopback address (a sidecar
     proxy that adds TLS); every other plain URL is refused there"""
