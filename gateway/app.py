@@ -17,9 +17,11 @@ import anyio.to_thread
 from sqlalchemy import Table
 from starlette.applications import Starlette
 from starlette.middleware.authentication import AuthenticationMiddleware
-from starlette.routing import Route
+from starlette.middleware.cors import CORSMiddleware
+from starlette.routing import Mount, Route
 
 from gateway import audit, device, health, metrics, rate_limits, rest
+from gateway.api.graphiql import page as graphiql
 from gateway.api.schema import build_schema
 from gateway.api.view import GraphQLView
 from gateway.audit import AuditTrail, audit_key
@@ -47,6 +49,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 OTEL_MISSING = "GATEWAY_OTEL=true needs OpenTelemetry, which is not installed: pip install '.[otel]'"
+CORS_METHODS = ["GET", "POST", "PUT"]
+"""GraphQL (GET, POST) and the REST face (PUT)."""
+CORS_HEADERS = ["Authorization", "Content-Type", "X-Request-ID"]
+"""What a page may send: the token, JSON, and its own request id to follow a call in the logs."""
 
 
 def open_tracing(settings: Settings, provider: TracerProvider | None = None) -> Tracing | None:
@@ -141,13 +147,25 @@ def create_app(
         *rest.routes,
         *device.routes,
         *(metrics.routes if settings.metrics else []),
+        *([] if settings.production else [Mount(graphiql.ASSETS_PATH, graphiql.assets_app())]),
     ]
     app = Starlette(routes=routes, lifespan=lifespan)
-    # Outermost last: request id, then the header and body-size limits, then bearer authentication.
+    # Outermost last: request id, then CORS (a preflight needs no token; a refusal below still carries
+    # the CORS headers, so a page can read its status), the header and body-size limits, then bearer
+    # authentication.
     bearer_tokens = BearerTokenBackend(enabled=not settings.auth.insecure_disable_auth)
     app.add_middleware(AuthenticationMiddleware, backend=bearer_tokens, on_error=refuse)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.http.max_body_bytes)
     app.add_middleware(HeaderSizeLimitMiddleware, max_bytes=settings.http.max_header_bytes)
+    if settings.http.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.http.cors_origins,
+            allow_methods=CORS_METHODS,
+            allow_headers=CORS_HEADERS,
+            expose_headers=["X-Request-ID"],
+            max_age=600,
+        )
     app.add_middleware(RequestIdMiddleware)
     if tracing is not None:  # outermost: the request's span covers the rest, continuing the caller's traceparent
         from gateway.tracing import RequestSpans

@@ -21,6 +21,7 @@ from pydantic import SecretStr
 from sqlalchemy.exc import SQLAlchemyError
 
 from gateway import __version__
+from gateway.api.sample import SAMPLE_MUTATION
 from gateway.audit import OUTCOME_UNKNOWN, AuditTrail, Head, audit_key
 from gateway.auth import development_token, serve_hint
 from gateway.engine import tables
@@ -38,17 +39,6 @@ from gateway.settings import (
 from gateway.store import Store
 
 SCHEMA_FILE = Path("schema.graphql")
-
-SAMPLE_MUTATION = """mutation {
-  regenerateAccessCode(input: {
-    studyId: "DE305D5475B4431BADB2EB6B9E546014", mode: ACTIVE,
-    subjectId: "A1B2C3D4E5F60718293A4B5C6D7E8F90", inventoryId: "DEMO-READY-01", mSubjectId: "MSUBJECT-001"
-  }) {
-    __typename
-    ... on BootstrapCredentials { accessId otp id expiresAt }
-    ... on Error { code message }
-  }
-}"""
 
 
 def exported_schema() -> str:

@@ -164,6 +164,26 @@ def _algorithm_list(value: object) -> object:
     return tuple(dict.fromkeys(chosen))
 
 
+def _origin_list(value: object) -> object:
+    """`https://a.example, http://127.0.0.1:3000` → ("https://a.example", "http://127.0.0.1:3000"): each an
+    origin as a browser sends it (scheme, host, optional port; no path), or `*`."""
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list | tuple):
+        return value
+    origins: list[str] = []
+    for item in (str(item).strip() for item in items):
+        parts = urlsplit(item)
+        if item == "*" or (
+            parts.scheme in {"http", "https"} and parts.hostname and item == f"{parts.scheme}://{parts.netloc}"
+        ):
+            origins.append(item)
+        elif item:
+            raise ValueError(
+                f"must list origins such as https://app.example or http://127.0.0.1:3000 (or *), not {item!r}"
+            )
+    return tuple(dict.fromkeys(origins))
+
+
 def _usable_cpus(most: int = 64) -> int:
     """The CPUs this process may run on (its affinity, not the machine's count), within 1..`most`."""
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
@@ -178,6 +198,7 @@ EndpointUrl = Annotated[str, AfterValidator(_endpoint_url)]
 ReadableFile = Annotated[str, AfterValidator(_readable_file)]
 Secret = Annotated[SecretStr, AfterValidator(_long_secret)]
 Algorithms = Annotated[tuple[str, ...], BeforeValidator(_algorithm_list)]
+Origins = Annotated[tuple[str, ...], BeforeValidator(_origin_list)]
 
 _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 _MINUTE, _DAY = 60, 24 * 60 * 60
@@ -200,6 +221,10 @@ class HttpSettings(_Group):
     """largest request body on any route; a larger one gets 413, whether it declares its length or streams it"""
     max_header_bytes: int = Field(32 * 1024, ge=4096, le=1024 * 1024)
     """largest total of request header lines on any route; a larger one gets 431"""
+    cors_origins: Origins = ()
+    """comma-separated origins whose pages may call the gateway from a browser (CORS: `Authorization` and
+    `Content-Type` allowed, `X-Request-ID` exposed); `*` any origin (refused with `GATEWAY_PRODUCTION=true`);
+    empty: no CORS headers, so browsers let only the gateway's own pages read its answers"""
 
 
 class AuthSettings(_Group):
@@ -405,7 +430,7 @@ class Settings(_Group):
     production: bool = False
     """introspection and GraphiQL off; no demo data; refuses `GATEWAY_INSECURE_DISABLE_AUTH`, the development
     secret, a predictable HS256 secret, plain-http upstream, token and JWKS URLs, an audit key in the data
-    folder and `gateway token`"""
+    folder, `GATEWAY_CORS_ORIGINS=*` and `gateway token`"""
     allow_plaintext_loopback: bool = False
     """in production, allow plain `http://` upstream, token and JWKS URLs on a loopback address (a sidecar
     proxy that adds TLS); every other plain URL is refused there"""
@@ -441,6 +466,10 @@ class Settings(_Group):
         if self.production:
             if self.auth.insecure_disable_auth:
                 raise ValueError("GATEWAY_INSECURE_DISABLE_AUTH=true is refused when GATEWAY_PRODUCTION=true")
+            if "*" in self.http.cors_origins:
+                raise ValueError(
+                    "GATEWAY_CORS_ORIGINS=* is refused when GATEWAY_PRODUCTION=true: list the origins of the front ends"
+                )
             if not (self.auth.jwks_url or self.auth.hs256_secret.get_secret_value()):
                 raise ValueError(
                     "GATEWAY_PRODUCTION=true needs GATEWAY_AUTH_JWKS_URL (or GATEWAY_AUTH_HS256_SECRET): "

@@ -14,7 +14,8 @@ import anyio
 import httpx
 import pytest
 
-from gateway.cli import SAMPLE_MUTATION, exported_schema
+from gateway.api.sample import SAMPLE_MUTATION
+from gateway.cli import exported_schema
 from gateway.engine.engine import CredentialEngine
 from gateway.engine.registry import DEMO_REGISTRY
 from gateway.settings import Settings

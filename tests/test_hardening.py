@@ -228,7 +228,7 @@ async def test_the_body_limit_counts_streamed_bytes() -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Suggestions, GraphiQL
+# Suggestions
 
 
 async def test_errors_never_suggest_field_or_value_names(gateway: Gateway) -> None:
@@ -251,13 +251,6 @@ def test_suggestions_are_cut_wherever_they_stand() -> None:
         without_suggestions("Value 'X' does not exist in 'M' enum. Did you mean the enum value 'Y'? Found 1.")
         == "Value 'X' does not exist in 'M' enum. Found 1."
     )
-
-
-async def test_graphiql_has_a_headers_pane_with_an_authorization_template(gateway: Gateway) -> None:
-    page = (await gateway.client.get("/graphql", headers={"accept": "text/html"})).text
-    assert "isHeadersEditorEnabled: true" in page
-    assert 'defaultHeaders: "{\\n  \\"Authorization\\": \\"Bearer ' in page
-    assert "gateway token --study '*' --mode '*'" in page
 
 
 # ---------------------------------------------------------------------------------------------

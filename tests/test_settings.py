@@ -111,6 +111,11 @@ OLD_NAMES: dict[str, tuple[str, str, object]] = {
     "GATEWAY_GRAPHQL_DOCUMENT_CACHE_SIZE": ("graphql.document_cache_size", "0", 0),
     "GATEWAY_MAX_BODY_BYTES": ("http.max_body_bytes", "2048", 2048),
     "GATEWAY_MAX_HEADER_BYTES": ("http.max_header_bytes", "8192", 8192),
+    "GATEWAY_CORS_ORIGINS": (
+        "http.cors_origins",
+        "https://a.example, http://127.0.0.1:3000",
+        ("https://a.example", "http://127.0.0.1:3000"),
+    ),
     "GATEWAY_TRUSTED_DOCUMENTS": ("graphql.trusted_documents", __file__, __file__),
     "GATEWAY_APQ": ("graphql.apq", "false", False),
     "GATEWAY_APQ_CACHE_SIZE": ("graphql.apq_cache_size", "10", 10),

@@ -4,7 +4,8 @@
   cross-site without a preflight) is refused with 415 before anything is parsed or executed.
 - Mutations only by POST (Strawberry refuses them over GET); no batching (a JSON array is
   refused: the schema has no batching config); no multipart uploads.
-- GraphiQL only outside production; its headers pane starts with an Authorization template.
+- GraphiQL only outside production: the gateway's own page (`gateway.api.graphiql`), whose files it
+  serves itself.
 - Persisted queries (`gateway.api.persisted`): Apollo's APQ, and with trusted documents configured,
   only those documents run; every refusal is a GraphQL error with an `extensions.code`.
 - GraphQL over HTTP (`gateway.api.negotiation`): `application/graphql-response+json` when the client
@@ -34,6 +35,7 @@ from strawberry.types import ExecutionResult
 from strawberry.types.execution import PreExecutionError
 
 from gateway.api.context import Context
+from gateway.api.graphiql.page import page_response
 from gateway.api.guards import TrustedDocuments
 from gateway.api.negotiation import GRAPHQL_RESPONSE_JSON, JSON, response_media_type
 from gateway.api.persisted import PersistedQueries, PersistedQueryCache, PersistedQueryRefused
@@ -41,10 +43,6 @@ from gateway.api.schema import GatewaySchema
 from gateway.callers import caller_of
 from gateway.settings import GraphQLSettings
 from gateway.state import state_of
-
-IDE_HEADERS_TEMPLATE = "{\n  \"Authorization\": \"Bearer paste-the-output-of: gateway token --study '*' --mode '*'\"\n}"
-"""What GraphiQL's headers pane holds until the user pastes a token (nothing is persisted yet)."""
-_IDE_ANCHOR = "isHeadersEditorEnabled: true,"
 
 
 def _with_content_type(scope: Scope, content_type: str) -> Scope:
@@ -114,13 +112,9 @@ class GraphQLView(GraphQL[Context, None]):
         state = state_of(request)
         return Context(service=state["service"], caller=caller_of(request), settings=state["settings"])
 
-    @property
-    def graphql_ide_html(self) -> str:
-        """Strawberry's GraphiQL (headers editor on, headers persisted in the browser), with a
-        template in the headers pane so that a new user sees where the token goes."""
-        html = super().graphql_ide_html
-        default = f"defaultHeaders: {json.dumps(IDE_HEADERS_TEMPLATE)},"
-        return html.replace(_IDE_ANCHOR, f"{_IDE_ANCHOR}\n          {default}", 1)
+    async def render_graphql_ide(self, request: Request) -> Response:
+        """The gateway's own GraphiQL page (not Strawberry's, which loads its files from a CDN)."""
+        return page_response()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Strawberry's HTTP handling, with every request error (a body that is not a JSON object,

@@ -5,7 +5,7 @@
 - `BearerTokenBackend` checks the Authorization header with the `Authenticator` the lifespan put in
   the app's state (`gateway.state.AppState`) and answers `(AuthCredentials(["authenticated"]),
   PrincipalUser(principal))`, so the principal is on `request.user` (`principal_of` reads it). Every
-  path is protected except the few in `PUBLIC_PATHS` and the GraphiQL page; with `enabled=False`
+  path is protected except the few in `PUBLIC_PATHS`, GraphiQL's files and page; with `enabled=False`
   (GATEWAY_INSECURE_DISABLE_AUTH) nothing is checked. Either way `request.user` is then Starlette's
   `UnauthenticatedUser`, and there is no principal.
 - `refuse` turns an `AuthenticationError` into the answer: 401 with `WWW-Authenticate: Bearer`
@@ -36,12 +36,16 @@ PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/api/deviceBootstr
 """Paths that need no bearer token (the device bootstrap has its own Basic auth; `/metrics` shows no
 identifiers, and is off with `GATEWAY_METRICS=false`)."""
 
+PUBLIC_PREFIXES = ("/graphiql/",)
+"""Paths under which reading needs no token: GraphiQL's own JavaScript and CSS (`gateway.api.graphiql`),
+as public as the page that loads them."""
+
 KEYS_RETRY_AFTER_SECONDS = 10
 """What a 503 for unfetchable keys tells the caller to wait (the JWKS is retried after as long)."""
 
 
 def is_public(scope: Scope, public_paths: Collection[str] = PUBLIC_PATHS) -> bool:
-    """Everything needs a token except the public paths and the GraphiQL page.
+    """Everything needs a token except the public paths, GraphiQL's files and the GraphiQL page.
 
     The page is exactly what the GraphQL view renders instead of executing: a GET with neither a
     `query` nor an `extensions` parameter that accepts text/html or */* (anything else, a persisted
@@ -50,6 +54,8 @@ def is_public(scope: Scope, public_paths: Collection[str] = PUBLIC_PATHS) -> boo
     path: str = scope["path"]
     if path in public_paths:
         return True
+    if path.startswith(PUBLIC_PREFIXES):  # every path below is the static files' (their mount's), read only
+        return scope.get("method") in {"GET", "HEAD"}
     if path == "/graphql" and scope.get("method") == "GET":
         accept = Headers(scope=scope).get("accept", "")
         wants_page = "text/html" in accept or "*/*" in accept
