@@ -20,7 +20,7 @@ from gateway.engine.registry import DEMO_REGISTRY
 from gateway.settings import Settings
 from gateway.store import Store
 from tests import demo
-from tests.secret_watch import watch
+from tests.secret_watch import keep, watch
 from tests.utils import free_port, serving
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -153,8 +153,9 @@ def test_every_ready_demo_device_answers_the_sample_and_the_banner_says_the_limi
     assert [answer["__typename"] for answer in answers] == ["BootstrapCredentials"] * 6
     assert len({answer["id"] for answer in answers}) == 6
     assert "Each allows 2 regenerations in 90 s, refusals included" in served.output
+    keep(served.output.splitlines())
     for answer in answers:
-        watch(answer["otp"])  # and the secret watch looks for them in the store's files
+        watch(answer["otp"])  # the secret watch looks for them in the log and the store's files
 
 
 def test_no_secret_reaches_the_logs_the_database_or_the_audit_trail(env: dict[str, str]) -> None:
