@@ -103,7 +103,7 @@ def test_serve_loads_demo_data_prints_a_working_mutation_and_persists(env: dict[
 def test_seed_loads_and_refuses(env: dict[str, str], tmp_path: Path) -> None:
     loaded = gateway("seed", str(DEMO_REGISTRY), env=env)
     assert loaded.returncode == 0, loaded.stderr
-    assert "Seeded 1 studies, 3 subjects and 9 devices" in loaded.stdout
+    assert "Seeded 1 studies, 3 subjects and 13 devices" in loaded.stdout
 
     bad = json.loads(DEMO_REGISTRY.read_text())
     bad["devices"][1]["connectionType"] = "WIFI"
