@@ -40,6 +40,26 @@ from gateway.store import Store
 
 SCHEMA_FILE = Path("schema.graphql")
 
+DEMO_READY_DEVICES = tuple(f"DEMO-READY-0{n}" for n in range(1, 6))
+"""The demo data's ready devices (study DE305D…, subject A1B2C3D4…, MSUBJECT-001): each answers the
+sample (`gateway.api.sample`, which names the first) with new credentials until its own rate limit,
+so a first run has several to try."""
+
+
+def demo_hint(settings: Settings) -> str:
+    """What `gateway serve` says under the sample: which devices answer it, and how often each may."""
+    limits = settings.rate_limits
+    ready = f"{DEMO_READY_DEVICES[0]} … {DEMO_READY_DEVICES[-1]} (and DEMO-CLOUD-READY)"
+    if limits.device == 0:
+        return f"Ready demo devices: {ready}; no per-device limit (GATEWAY_RATE_LIMIT_DEVICE=0)."
+    window = limits.window_seconds
+    span = f"{window // 60} minutes" if window % 60 == 0 else f"{window} s"
+    return (
+        f"Ready demo devices: {ready}. Each allows {limits.device} regenerations in {span}, refusals "
+        f"included (GATEWAY_RATE_LIMIT_DEVICE); past that it answers RateLimitedError with retryAfterSeconds: "
+        f"change inventoryId to the next ready device."
+    )
+
 
 def exported_schema() -> str:
     from gateway.api.schema import schema
@@ -156,7 +176,8 @@ def serve(settings: Settings, workers: int) -> int:
     print(serve_hint(settings.auth, _command()))
     if demo:
         print("Paste this into GraphiQL (the demo data set answers it):\n")
-        print(SAMPLE_MUTATION + "\n", flush=True)
+        print(SAMPLE_MUTATION + "\n")
+        print(demo_hint(settings) + "\n", flush=True)
     from gateway.shutdown import exiting_zero  # after the drain, exit 0 rather than die by the signal
 
     with _metrics_folder(settings, workers), exiting_zero():

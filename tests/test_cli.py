@@ -15,12 +15,13 @@ import httpx
 import pytest
 
 from gateway.api.sample import SAMPLE_MUTATION
-from gateway.cli import exported_schema
+from gateway.cli import DEMO_READY_DEVICES, exported_schema
 from gateway.engine.engine import CredentialEngine
 from gateway.engine.registry import DEMO_REGISTRY
 from gateway.settings import Settings
 from gateway.store import Store
 from tests import demo
+from tests.secret_watch import keep, watch
 from tests.utils import free_port, serving
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -83,6 +84,8 @@ def test_serve_loads_demo_data_prints_a_working_mutation_and_persists(env: dict[
     assert token not in output
     assert f"http://127.0.0.1:{port}/graphql" in output
     assert SAMPLE_MUTATION in output
+    assert "Ready demo devices: DEMO-READY-01 … DEMO-READY-05" in output
+    assert "Each allows 5 regenerations in 15 minutes, refusals included" in output
 
     # Stopped: the pair is in the file. Restarted on it: the data survived, demo data not reloaded.
     assert pair_works(env, first)
@@ -101,7 +104,7 @@ def test_serve_loads_demo_data_prints_a_working_mutation_and_persists(env: dict[
 def test_seed_loads_and_refuses(env: dict[str, str], tmp_path: Path) -> None:
     loaded = gateway("seed", str(DEMO_REGISTRY), env=env)
     assert loaded.returncode == 0, loaded.stderr
-    assert "Seeded 1 studies, 3 subjects and 9 devices" in loaded.stdout
+    assert "Seeded 1 studies, 3 subjects and 13 devices" in loaded.stdout
 
     bad = json.loads(DEMO_REGISTRY.read_text())
     bad["devices"][1]["connectionType"] = "WIFI"
@@ -128,6 +131,32 @@ def test_export_schema_check(env: dict[str, str], tmp_path: Path) -> None:
     drift = gateway("export-schema", "--check", "--path", str(target), env=env)
     assert drift.returncode == 1
     assert "differs" in drift.stderr
+
+
+def test_every_ready_demo_device_answers_the_sample_and_the_banner_says_the_limit_it_is_given(
+    env: dict[str, str],
+) -> None:
+    """A first run has several devices to try, and the banner tells the limit this gateway runs with."""
+    env = {**env, "GATEWAY_RATE_LIMIT_DEVICE": "2", "GATEWAY_RATE_LIMIT_WINDOW_SECONDS": "90"}
+    port = free_port()
+    token = dev_token(env)
+    auth = {"Authorization": f"Bearer {token}"}
+    with serving(env, port) as served:
+        answers = [
+            httpx.post(
+                f"http://127.0.0.1:{port}/graphql",
+                json={"query": SAMPLE_MUTATION.replace("DEMO-READY-01", inventory_id)},
+                headers=auth,
+                timeout=10,
+            ).json()["data"]["regenerateAccessCode"]
+            for inventory_id in (*DEMO_READY_DEVICES, "DEMO-CLOUD-READY")
+        ]
+    assert [answer["__typename"] for answer in answers] == ["BootstrapCredentials"] * 6
+    assert len({answer["id"] for answer in answers}) == 6
+    assert "Each allows 2 regenerations in 90 s, refusals included" in served.output
+    keep(served.output.splitlines())
+    for answer in answers:
+        watch(answer["otp"])  # the secret watch looks for them in the log and the store's files
 
 
 def test_no_secret_reaches_the_logs_the_database_or_the_audit_trail(env: dict[str, str]) -> None:

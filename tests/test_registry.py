@@ -63,16 +63,16 @@ BAD_FILES = [
         lambda d: d["devices"][0].update(colour="red"), "devices[0]: unknown field 'colour'", id="unknown-field"
     ),
     pytest.param(
-        lambda d: d["devices"].append(dict(d["devices"][0])), "devices[9]: repeats device devices[0]", id="duplicate"
+        lambda d: d["devices"].append(dict(d["devices"][0])), "devices[13]: repeats device devices[0]", id="duplicate"
     ),
     pytest.param(
         lambda d: d["devices"][-1].update(dispensedTo="F" * 32),
-        "devices[8] (inventoryId DEMO-TEST-MODE).dispensedTo",
+        "devices[12] (inventoryId DEMO-TEST-MODE).dispensedTo",
         id="dangling-subject",
     ),
     pytest.param(
         lambda d: d["devices"][-1].update(mode="training"),
-        "devices[8] (inventoryId DEMO-TEST-MODE).studyId",
+        "devices[12] (inventoryId DEMO-TEST-MODE).studyId",
         id="dangling-mode",
     ),
     pytest.param(lambda d: d.update(kits=[]), "unknown section 'kits'", id="unknown-section"),
@@ -137,7 +137,7 @@ def test_unreadable_files_are_named(tmp_path: Path) -> None:
 
 def test_the_demo_registry_is_valid() -> None:
     registry = load_registry(DEMO_REGISTRY)
-    assert len(registry.devices) == 9
+    assert len(registry.devices) == 13
 
 
 def test_seeding_shows_progress_on_a_terminal_for_large_files_only() -> None:

@@ -1,0 +1,66 @@
+from .async_base_client import AsyncBaseClient
+from .base_model import BaseModel, Upload
+from .client import GatewayClient
+from .enums import BackendKind, ErrorCode, StudyMode
+from .exceptions import (
+    GraphQLClientError,
+    GraphQLClientGraphQLError,
+    GraphQLClientGraphQLMultiError,
+    GraphQLClientHttpError,
+    GraphQLClientInvalidResponseError,
+)
+from .input_types import RegenerateAccessCodeInput
+from .regenerate_access_code import (
+    RegenerateAccessCode,
+    RegenerateAccessCodeRegenerateAccessCodeBootstrapCredentials,
+    RegenerateAccessCodeRegenerateAccessCodeDeviceDispensedToAnotherSubjectError,
+    RegenerateAccessCodeRegenerateAccessCodeDeviceNotDispensedError,
+    RegenerateAccessCodeRegenerateAccessCodeDeviceNotRegisteredError,
+    RegenerateAccessCodeRegenerateAccessCodeInternalServerError,
+    RegenerateAccessCodeRegenerateAccessCodeInvalidDeviceError,
+    RegenerateAccessCodeRegenerateAccessCodeInvalidInputError,
+    RegenerateAccessCodeRegenerateAccessCodeInvalidSubjectError,
+    RegenerateAccessCodeRegenerateAccessCodeMHealthSettingsNotFoundError,
+    RegenerateAccessCodeRegenerateAccessCodeMissingConnectionTypeError,
+    RegenerateAccessCodeRegenerateAccessCodeMissingVendorCodeError,
+    RegenerateAccessCodeRegenerateAccessCodeNoConnectionDeviceError,
+    RegenerateAccessCodeRegenerateAccessCodePermissionDeniedError,
+    RegenerateAccessCodeRegenerateAccessCodeRateLimitedError,
+    RegenerateAccessCodeRegenerateAccessCodeStudyNotFoundError,
+    RegenerateAccessCodeRegenerateAccessCodeUnrecognizedUpstreamError,
+    RegenerateAccessCodeRegenerateAccessCodeUpstreamUnavailableError,
+)
+
+__all__ = [
+    "AsyncBaseClient",
+    "BackendKind",
+    "BaseModel",
+    "ErrorCode",
+    "GatewayClient",
+    "GraphQLClientError",
+    "GraphQLClientGraphQLError",
+    "GraphQLClientGraphQLMultiError",
+    "GraphQLClientHttpError",
+    "GraphQLClientInvalidResponseError",
+    "RegenerateAccessCode",
+    "RegenerateAccessCodeInput",
+    "RegenerateAccessCodeRegenerateAccessCodeBootstrapCredentials",
+    "RegenerateAccessCodeRegenerateAccessCodeDeviceDispensedToAnotherSubjectError",
+    "RegenerateAccessCodeRegenerateAccessCodeDeviceNotDispensedError",
+    "RegenerateAccessCodeRegenerateAccessCodeDeviceNotRegisteredError",
+    "RegenerateAccessCodeRegenerateAccessCodeInternalServerError",
+    "RegenerateAccessCodeRegenerateAccessCodeInvalidDeviceError",
+    "RegenerateAccessCodeRegenerateAccessCodeInvalidInputError",
+    "RegenerateAccessCodeRegenerateAccessCodeInvalidSubjectError",
+    "RegenerateAccessCodeRegenerateAccessCodeMHealthSettingsNotFoundError",
+    "RegenerateAccessCodeRegenerateAccessCodeMissingConnectionTypeError",
+    "RegenerateAccessCodeRegenerateAccessCodeMissingVendorCodeError",
+    "RegenerateAccessCodeRegenerateAccessCodeNoConnectionDeviceError",
+    "RegenerateAccessCodeRegenerateAccessCodePermissionDeniedError",
+    "RegenerateAccessCodeRegenerateAccessCodeRateLimitedError",
+    "RegenerateAccessCodeRegenerateAccessCodeStudyNotFoundError",
+    "RegenerateAccessCodeRegenerateAccessCodeUnrecognizedUpstreamError",
+    "RegenerateAccessCodeRegenerateAccessCodeUpstreamUnavailableError",
+    "StudyMode",
+    "Upload",
+]
