@@ -1,7 +1,7 @@
 """Reproducible installs, on a copy of the repository: the first `./scripts/serve` installs the locked
 runtime (and nothing of the test extra), a second one starts the gateway with no package index reachable
-and installs nothing, and a changed pyproject.toml makes it install again. The Dockerfile's uv is
-scripts/uv's."""
+and installs nothing, and a changed pyproject.toml makes it install again (a development environment
+staying one). The Dockerfile's uv is scripts/uv's."""
 
 from __future__ import annotations
 
@@ -148,6 +148,18 @@ def test_a_changed_pyproject_makes_serve_install_again(installed: Copy) -> None:
     assert any(INSTALLING in line for line in output)
     assert installed.stamp.read_text() not in {stamp, ""}
     assert installed.stamp.read_text().endswith(" runtime\n")
+
+
+def test_a_development_environment_stays_one_when_serve_installs(installed: Copy) -> None:
+    subprocess.run(["./scripts/install"], cwd=installed.root, env=installed.env, check=True, capture_output=True)
+    assert installed.stamp.read_text().endswith(" all\n")
+    pyproject = installed.root / "pyproject.toml"
+    pyproject.write_text(pyproject.read_text() + "\n# changed again\n")
+    with serve(installed, installed.env, wait=120) as output:
+        pass
+    assert any(INSTALLING in line for line in output)
+    assert installed.stamp.read_text().endswith(" all\n")
+    assert list(installed.site_packages().glob("pytest-*.dist-info"))
 
 
 def test_the_dockerfile_pins_the_uv_of_scripts_uv() -> None:
