@@ -2,15 +2,30 @@
 # Point GATEWAY_DATABASE_URL at PostgreSQL to share state between replicas.
 FROM python:3.11-slim
 
+# uv at the pin scripts/uv uses (tests/test_installs.py holds the two together).
+ARG UV_VERSION=0.13.9
+
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    UV_NO_CACHE=1 \
+    UV_COMPILE_BYTECODE=1 \
+    UV_PYTHON_DOWNLOADS=never \
+    PATH=/app/.venv/bin:$PATH
 
 WORKDIR /app
-COPY pyproject.toml README.md ./
+RUN pip install "uv==${UV_VERSION}"
+
+# The locked runtime dependencies, in a layer of their own: built again only when uv.lock or
+# pyproject.toml changes, not when the code does.
+COPY pyproject.toml uv.lock ./
+RUN uv sync --locked --no-dev --no-install-project
+
+# Then the code, and the gateway itself (not editable); its dependencies are all there already.
+COPY README.md LICENSE ./
 COPY gateway ./gateway
-RUN pip install . \
+RUN uv sync --locked --no-dev --no-editable \
  && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin gateway \
  && mkdir /data && chown gateway:gateway /data
 
