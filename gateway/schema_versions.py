@@ -22,7 +22,8 @@ migrate once. On PostgreSQL every revision of a run commits together or not at a
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -38,8 +39,6 @@ from sqlalchemy import Connection, MetaData, inspect, text
 from gateway import audit, rate_limits
 from gateway.engine import tables as engine_tables
 from gateway.store import metadata, schema_engine
-
-log = logging.getLogger(__name__)
 
 SCRIPTS = Path(__file__).parent / "migrations"
 """Alembic's script folder: env.py and versions/."""
@@ -176,12 +175,26 @@ class Migration:
         return f"the store is migrated from revision {self.before.at()} to {self.after.at()}{adopted}"
 
 
+@contextmanager
+def _quiet_alembic() -> Iterator[None]:
+    """Alembic's own info lines ("Context impl …", "Running upgrade …") kept out of the log: the
+    caller says in one line what happened. (A CLI process, before any worker or request exists.)"""
+    alembic_log = logging.getLogger("alembic")
+    level = alembic_log.level
+    alembic_log.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        alembic_log.setLevel(level)
+
+
 async def status(url: str, schema: str, needed: Sequence[str]) -> Status:
     """Where the store at `url` (and `schema`) stands for the branches `needed`; changes nothing."""
     engine = schema_engine(url, schema=schema)
     try:
         async with engine.connect() as conn:
-            return await conn.run_sync(_status, tuple(needed), schema)
+            with _quiet_alembic():
+                return await conn.run_sync(_status, tuple(needed), schema)
     finally:
         await engine.dispose()
 
@@ -192,9 +205,11 @@ async def upgrade(url: str, schema: str, needed: Sequence[str]) -> Migration:
     engine = schema_engine(url, schema=schema)
     try:
         async with engine.connect() as conn:
-            return await conn.run_sync(_upgrade, tuple(needed), schema)
+            with _quiet_alembic():
+                done = await conn.run_sync(_upgrade, tuple(needed), schema)
     finally:
         await engine.dispose()
+    return done
 
 
 def _status(conn: Connection, needed: tuple[str, ...], schema: str) -> Status:
