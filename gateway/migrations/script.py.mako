@@ -6,8 +6,8 @@ Revises: ${down_revision | comma,n}
 
 from __future__ import annotations
 
-from alembic import op
 import sqlalchemy as sa
+from alembic import op
 ${imports if imports else ""}
 
 revision = ${repr(up_revision)}
