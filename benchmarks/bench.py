@@ -206,6 +206,7 @@ class Bench:
         headers = ["Content-Type: application/json"]
         if scenario.seeded:
             (folder / "registry.json").write_text(json.dumps(registry()))
+            self._gateway_cli(env, "migrate")  # a PostgreSQL store is migrated before anything is written
             self._gateway_cli(env, "seed", str(folder / "registry.json"))
         if scenario.authenticated:
             headers.append(f"Authorization: Bearer {self._gateway_cli(env, 'token', '--study', '*', '--mode', '*')}")

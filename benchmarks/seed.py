@@ -59,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         env.update(GATEWAY_ENV_FILE="", GATEWAY_DATA_DIR=str(Path(folder) / "data"))
         if args.database_url:
             env.update(GATEWAY_DATABASE_URL=args.database_url, GATEWAY_DATABASE_SCHEMA=args.database_schema)
+        subprocess.run([sys.executable, "-m", "gateway", "migrate"], env=env, check=True, stdout=subprocess.DEVNULL)
         for label in ("into an empty store", "again (every row upserted)"):
             started = time.perf_counter()
             command = [sys.executable, "-m", "gateway", "seed", str(file)]

@@ -1,4 +1,4 @@
-"""The `gateway` command: serve, seed, audit, token, export-schema, settings."""
+"""The `gateway` command: serve, migrate, seed, audit, token, export-schema, settings."""
 
 from __future__ import annotations
 
@@ -20,12 +20,13 @@ from urllib.parse import urlsplit, urlunsplit
 from pydantic import SecretStr
 from sqlalchemy.exc import SQLAlchemyError
 
-from gateway import __version__
+from gateway import __version__, schema_versions
 from gateway.api.sample import SAMPLE_MUTATION
 from gateway.audit import OUTCOME_UNKNOWN, AuditTrail, Head, audit_key
 from gateway.auth import development_token, serve_hint
 from gateway.engine import tables
 from gateway.engine.registry import DEMO_REGISTRY, Registry, RegistryError, load_registry
+from gateway.schema_versions import StoreVersionError
 from gateway.settings import (
     DEFAULT,
     ENV_FILE,
@@ -70,9 +71,7 @@ def exported_schema() -> str:
 async def _seed(
     settings: Settings, registry: Registry, *, only_if_empty: bool, progress: Callable[[int], None] | None = None
 ) -> bool:
-    from gateway.app import store_tables
-
-    store = await Store.open(settings.store_url, schema=settings.database_schema, tables=store_tables(settings))
+    store = await Store.open(settings.store_url, schema=settings.database_schema, create=False)
     try:
         if only_if_empty and not await tables.store_is_empty(store):
             return False
@@ -140,11 +139,35 @@ def _check_port(settings: Settings) -> None:
         raise StartupError(f"GATEWAY_PORT / GATEWAY_HOST: cannot listen on {host}:{port} ({_cause(error)})") from None
 
 
-async def _create_tables(settings: Settings) -> None:
-    from gateway.app import store_tables
+async def _store_ready(
+    settings: Settings, needed: Sequence[str], *, may_migrate: bool, read_only: bool = False
+) -> str | None:
+    """Check that the store is at the revision the code needs for the branches `needed`. The
+    embedded SQLite default (no GATEWAY_DATABASE_URL) is migrated here when `may_migrate`; any other
+    store that is behind raises `StoreVersionError`, one line saying what to run. `read_only` tools
+    also accept a store made before migrations whose tables are what the code needs. Returns what
+    a migration did, if one ran."""
+    url, schema = settings.store_url, settings.database_schema
+    with _starting(settings, "store"):
+        found = await schema_versions.status(url, schema, needed)
+        if found.current or (read_only and found.readable):
+            return None
+        if may_migrate and not settings.database_url and not found.unknown and not found.mismatched:
+            return (await schema_versions.upgrade(url, schema, needed)).line()
+    raise StoreVersionError(found.line())
 
-    store = await Store.open(settings.store_url, schema=settings.database_schema, tables=store_tables(settings))
-    await store.close()
+
+def migrate(settings: Settings, check: bool) -> int:
+    """`gateway migrate [--check]`: one line; with --check exit 1 when the store is not current."""
+    needed = schema_versions.branches(settings.backend)
+    with _starting(settings, "store"):
+        if check:
+            found = asyncio.run(schema_versions.status(settings.store_url, settings.database_schema, needed))
+            print(found.line())
+            return 0 if found.current else 1
+        done = asyncio.run(schema_versions.upgrade(settings.store_url, settings.database_schema, needed))
+    print(done.line())
+    return 0
 
 
 def serve(settings: Settings, workers: int) -> int:
@@ -160,14 +183,16 @@ def serve(settings: Settings, workers: int) -> int:
     with _starting(settings, "data"):
         audit_key(settings)  # a missing or unreadable key stops here, in one line, before any worker starts
     demo = settings.backend == "local" and settings.demo_data and not settings.production  # never in production
+    # The store at the code's revision (the embedded default migrated) and the demo data loaded
+    # here, once, before any worker starts.
+    migrated = asyncio.run(_store_ready(settings, schema_versions.branches(settings.backend), may_migrate=True))
+    if migrated:
+        print(migrated[0].upper() + migrated[1:])
     if settings.backend == "local":
-        # Create the tables and load the demo data here, once, before any worker starts.
-        with _starting(settings, "store"):
-            if demo:
+        loaded = False
+        if demo:
+            with _starting(settings, "store"):
                 loaded = asyncio.run(_seed(settings, load_registry(DEMO_REGISTRY), only_if_empty=True))
-            else:
-                loaded = False
-                asyncio.run(_create_tables(settings))
         where = settings.database_url or settings.store_url
         print(f"Local credential engine, store: {where}" + (" (demo data loaded)" if loaded else ""))
     base = f"http://{settings.http.host}:{settings.http.port}"
@@ -237,6 +262,9 @@ def seed(settings: Settings, path: Path) -> int:
     registry = load_registry(path)
     total = sum(len(s.modes) for s in registry.studies) + len(registry.subjects) + len(registry.devices)
     progress = SeedProgress.for_terminal(total, sys.stderr)
+    migrated = asyncio.run(_store_ready(settings, schema_versions.branches("local"), may_migrate=True))
+    if migrated:
+        print(migrated[0].upper() + migrated[1:])
     asyncio.run(_seed(settings, registry, only_if_empty=False, progress=progress))
     print(
         f"Seeded {len(registry.studies)} studies, {len(registry.subjects)} subjects and "
@@ -250,6 +278,7 @@ async def audit(settings: Settings, action: str, output: Path | None = None, exp
         head = Head.parse(expect_head) if expect_head else None
     except ValueError as error:
         raise SettingsError(f"--expect-head: {error}") from None
+    await _store_ready(settings, schema_versions.branches("upstream"), may_migrate=False, read_only=True)
     store = await Store.open(settings.store_url, schema=settings.database_schema, create=False)
     try:
         return await _audit(AuditTrail(store, audit_key(settings)), action, output, head)
@@ -391,8 +420,10 @@ def _parser() -> argparse.ArgumentParser:
         "serve",
         "run the gateway (GraphQL at /graphql, REST face, /healthz)",
         "Run the gateway under uvicorn: GraphQL and GraphiQL at /graphql, the REST face, /api/deviceBootstrap, "
-        "/healthz, /readyz and /metrics. On the local backend it first creates the tables and, on an empty "
-        "store, loads the demo data. Every other setting is a GATEWAY_* environment variable (or a line of the "
+        "/healthz, /readyz and /metrics. It first checks that the store is at the code's revision (the "
+        "embedded SQLite default migrates itself; any other store behind it is refused: run 'gateway migrate') "
+        "and, on the local backend with an empty store, loads the demo data. Every other setting is a "
+        "GATEWAY_* environment variable (or a line of the "
         f".env file GATEWAY_ENV_FILE names), documented in {SETTINGS_DOCS}; 'gateway settings' lists them "
         "with their effective values and where each came from.",
     )
@@ -400,6 +431,17 @@ def _parser() -> argparse.ArgumentParser:
     serve_cmd.add_argument("--port", type=int, help="port to listen on (default: GATEWAY_PORT or 8000)")
     serve_cmd.add_argument(
         "--workers", type=int, default=1, help="worker processes (default: 1; with more, use PostgreSQL)"
+    )
+    migrate_cmd = _command_parser(
+        commands,
+        "migrate",
+        "bring the store's tables to the revision the code needs (Alembic)",
+        "Upgrade the store (GATEWAY_DATABASE_URL, GATEWAY_DATABASE_SCHEMA) to the revision this gateway needs: "
+        "the audit trail's tables always, the local engine's on the local backend. Tables made before "
+        "migrations are adopted when they match the first revision. Prints one line.",
+    )
+    migrate_cmd.add_argument(
+        "--check", action="store_true", help="change nothing; exit 1 when the store is not at the code's revision"
     )
     seed_cmd = _command_parser(
         commands,
@@ -484,6 +526,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"gateway {args.command}: warning: {warning}", file=sys.stderr)
         if args.command == "settings":
             return show_settings(settings, args.json)
+        if args.command == "migrate":
+            return migrate(settings, args.check)
         if args.command == "seed":
             return seed(settings, args.file)
         if args.command == "audit":
@@ -497,6 +541,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.workers < 1:
             raise SettingsError("--workers must be at least 1")
         return serve(settings, args.workers)
-    except (SettingsError, RegistryError) as error:
+    except (SettingsError, RegistryError, StoreVersionError) as error:
         print(f"gateway {args.command}: {error}", file=sys.stderr)
         return 2

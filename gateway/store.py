@@ -26,7 +26,8 @@ trail locks its head row there, which lines batches up across processes (every b
 lock first, so batches of different replicas never wait on each other's device rows in a cycle).
 
 `Store.engine` is an async engine over the same database for everything off the hot path:
-creating tables, seeding (`transaction`), tools and tests.
+creating tables, seeding (`transaction`), tools and tests. `schema_engine` is one for schema work
+(the migrations of `gateway.schema_versions`).
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from sqlalchemy import Connection, DateTime, Engine, MetaData, Table, TypeDecora
 from sqlalchemy.engine import URL, Dialect, make_url
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.pool import NullPool
 
 from gateway.metrics import STORE_COMMITS
 
@@ -438,3 +440,24 @@ def _tune_sqlite(engine: Engine, *, begin: str | None) -> None:
         @event.listens_for(engine, "begin")
         def _on_begin(conn: Any) -> None:
             conn.exec_driver_sql(begin)
+
+
+def schema_engine(url: str, *, schema: str = "") -> AsyncEngine:
+    """An engine for schema work (migrations and their checks), one unpooled connection at a time.
+
+    SQLite is prepared as the store's (the file 0600 in a 0700 folder, WAL, writers `BEGIN
+    IMMEDIATE`, so that two processes migrating at once take turns). PostgreSQL gets `schema` alone
+    on its search path from the connection's first moment: unqualified DDL, Alembic's version table
+    and reflection then all live in that schema (`schema_translate_map`, which the store uses,
+    does not reach reflection, and the dialect learns its default schema on first connect).
+    """
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            _private_database(Path(parsed.database))
+        engine = create_async_engine(parsed, connect_args={"timeout": BUSY_TIMEOUT_SECONDS}, poolclass=NullPool)
+        _tune_sqlite(engine.sync_engine, begin="BEGIN IMMEDIATE")
+        return engine
+    quoted = '"' + schema.replace('"', '""') + '"'
+    connect_args = {"server_settings": {"search_path": quoted}} if schema else {}
+    return create_async_engine(parsed, connect_args=connect_args, poolclass=NullPool)

@@ -13,6 +13,7 @@ from gateway.settings import ENV_FILE, VARIABLES
 
 COMMANDS = [
     ["serve"],
+    ["migrate"],
     ["seed"],
     ["audit"],
     ["audit", "verify"],

@@ -114,6 +114,7 @@ async def test_sigkill_during_regenerations_loses_no_audit_row(database: Databas
     env = environment(database, tmp_path)
     registry_file = tmp_path / "registry.json"
     registry_file.write_text(json.dumps(registry()))
+    assert gateway("migrate", env=env).returncode == 0
     seeded = gateway("seed", str(registry_file), env=env)
     assert seeded.returncode == 0, seeded.stderr
 
@@ -192,6 +193,7 @@ async def test_sigkill_during_an_upstream_call_leaves_an_attempt_of_unknown_outc
     upstream.handler = hold
     async with run_server(upstream.app) as upstream_url:
         env = environment(database, tmp_path, GATEWAY_BACKEND="upstream", GATEWAY_UPSTREAM_URL=upstream_url)
+        assert gateway("migrate", env=env).returncode == 0
         async with (
             serving(env) as (process, base),
             httpx.AsyncClient(base_url=base, timeout=30) as client,
