@@ -17,15 +17,15 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /app
 RUN pip install "uv==${UV_VERSION}"
 
-# The locked runtime dependencies, in a layer of their own: built again only when uv.lock or
-# pyproject.toml changes, not when the code does.
+# The locked runtime dependencies, with the otel extra (so GATEWAY_OTEL=true works in the image), in a
+# layer of their own: built again only when uv.lock or pyproject.toml changes, not when the code does.
 COPY pyproject.toml uv.lock ./
-RUN uv sync --locked --no-dev --no-install-project
+RUN uv sync --locked --no-dev --extra otel --no-install-project
 
 # Then the code, and the gateway itself (not editable); its dependencies are all there already.
 COPY README.md LICENSE ./
 COPY gateway ./gateway
-RUN uv sync --locked --no-dev --no-editable \
+RUN uv sync --locked --no-dev --extra otel --no-editable \
  && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin gateway \
  && mkdir /data && chown gateway:gateway /data
 
