@@ -20,7 +20,7 @@ from starlette.middleware.authentication import AuthenticationMiddleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import Mount, Route
 
-from gateway import audit, device, health, metrics, rate_limits, rest
+from gateway import audit, device, health, metrics, rate_limits, rest, schema_versions
 from gateway.api.graphiql import page as graphiql
 from gateway.api.schema import build_schema
 from gateway.api.view import GraphQLView
@@ -106,10 +106,17 @@ def store_tables(settings: Settings) -> tuple[Table, ...]:
 
 
 def create_app(
-    settings: Settings, *, backend: Backend | None = None, tracer_provider: TracerProvider | None = None
+    settings: Settings,
+    *,
+    backend: Backend | None = None,
+    tracer_provider: TracerProvider | None = None,
+    versioned: bool = False,
 ) -> Starlette:
     """The gateway as an ASGI app. `backend` overrides the one the settings choose, `tracer_provider`
-    the one `OTEL_*` configures when `GATEWAY_OTEL=true` (both for tests)."""
+    the one `OTEL_*` configures when `GATEWAY_OTEL=true` (both for tests). `versioned` (the factory
+    `gateway serve` and uvicorn run): the store must be at the code's revision (the embedded SQLite
+    default is migrated), else the start fails naming `gateway migrate`; without it the missing tables
+    are created, as tests' stores are."""
     tracing = open_tracing(settings, tracer_provider)
 
     @asynccontextmanager
@@ -119,7 +126,11 @@ def create_app(
                 resources.push_async_callback(anyio.to_thread.run_sync, tracing.shutdown)
             authenticator = await open_authenticator(settings.auth, settings.data_dir, resources)
             # The store serves every backend: the engine's registry, and the audit trail and rate limits.
-            store = await Store.open(settings.store_url, schema=settings.database_schema, tables=store_tables(settings))
+            url, schema = settings.store_url, settings.database_schema
+            if versioned:  # the embedded default (no GATEWAY_DATABASE_URL) migrates itself
+                needed = schema_versions.branches(settings.backend)
+                await schema_versions.ensure(url, schema, needed, may_migrate=not settings.database_url)
+            store = await Store.open(url, schema=schema, tables=store_tables(settings), create=not versioned)
             resources.push_async_callback(store.close)
             store.tracing = tracing
             trail = AuditTrail(store, audit_key(settings))
@@ -178,4 +189,4 @@ def app_from_env() -> Starlette:
     """Factory for `uvicorn --factory` and `gateway serve --workers N`: settings from the environment."""
     settings = Settings.from_env()
     configure(settings)  # logging again: worker processes start with nothing configured
-    return create_app(settings)
+    return create_app(settings, versioned=True)

@@ -147,14 +147,11 @@ async def _store_ready(
     store that is behind raises `StoreVersionError`, one line saying what to run. `read_only` tools
     also accept a store made before migrations whose tables are what the code needs. Returns what
     a migration did, if one ran."""
-    url, schema = settings.store_url, settings.database_schema
+    may = may_migrate and not settings.database_url
     with _starting(settings, "store"):
-        found = await schema_versions.status(url, schema, needed)
-        if found.current or (read_only and found.readable):
-            return None
-        if may_migrate and not settings.database_url and not found.unknown and not found.mismatched:
-            return (await schema_versions.upgrade(url, schema, needed)).line()
-    raise StoreVersionError(found.line())
+        return await schema_versions.ensure(
+            settings.store_url, settings.database_schema, needed, may_migrate=may, read_only=read_only
+        )
 
 
 def migrate(settings: Settings, check: bool) -> int:

@@ -212,6 +212,21 @@ async def upgrade(url: str, schema: str, needed: Sequence[str]) -> Migration:
     return done
 
 
+async def ensure(
+    url: str, schema: str, needed: Sequence[str], *, may_migrate: bool, read_only: bool = False
+) -> str | None:
+    """Have the store at the code's revision for the branches `needed`: migrate it when `may_migrate`
+    (the embedded SQLite default), else raise `StoreVersionError` (one line saying what to run) when it
+    is behind. `read_only` tools also accept a store made before migrations whose tables are what the
+    code needs. Returns what a migration did, if one ran."""
+    found = await status(url, schema, needed)
+    if found.current or (read_only and found.readable):
+        return None
+    if may_migrate and not found.unknown and not found.mismatched:
+        return (await upgrade(url, schema, needed)).line()
+    raise StoreVersionError(found.line())
+
+
 def _status(conn: Connection, needed: tuple[str, ...], schema: str) -> Status:
     with conn.begin():
         return _read(conn, needed, schema)

@@ -9,6 +9,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import anyio
@@ -342,3 +343,42 @@ def test_fixtures_create_what_the_migrations_make() -> None:
     made = {name for branch in schema_versions.BRANCH_TABLES.values() for name in (t.name for t in branch)}
     assert local == made
     assert {table.name for table in ALL_TABLES} == TRAIL_TABLES | ENGINE_TABLES
+
+
+def uvicorn_factory(env: dict[str, str], port: int) -> subprocess.Popen[str]:
+    command = [sys.executable, "-m", "uvicorn", "--factory", "gateway.app:app_from_env", "--port", str(port)]
+    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+@pytest.mark.parametrize("database", ["postgres"], indirect=True)
+async def test_the_asgi_factory_refuses_a_store_that_is_behind(store_env: dict[str, str], database: Database) -> None:
+    """`uvicorn --factory gateway.app:app_from_env` checks the revision as `gateway serve` does, and
+    creates nothing on a store that is behind."""
+    process = uvicorn_factory(store_env, free_port())
+    output, _ = await anyio.to_thread.run_sync(process.communicate, None, 60)
+    assert process.returncode != 0
+    assert "the store is at revision none, the code needs trail_0001, engine_0001: run `gateway migrate`" in output
+    assert await on_store(database, tables) == set()
+
+
+def test_the_asgi_factory_migrates_the_embedded_default(env: dict[str, str]) -> None:
+    port = free_port()
+    process = uvicorn_factory(env, port)
+    try:
+        for _ in range(200):
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert process.poll() is None, process.communicate()[0]
+            time.sleep(0.05)
+        else:
+            raise AssertionError("the factory's server did not get ready")
+    finally:
+        process.terminate()
+        process.communicate(timeout=30)
+    with sqlite3.connect(Path(env["GATEWAY_DATA_DIR"]) / "gateway.sqlite3") as conn:
+        recorded = {row[0] for row in conn.execute("SELECT version_num FROM alembic_version")}
+    conn.close()
+    assert recorded == set(FIRST.values())
