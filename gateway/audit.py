@@ -117,6 +117,14 @@ class AuditEvent:
     attempt_seq: int | None = None
     """On an outcome row recorded after an upstream call: the seq of the attempt's `PENDING` row."""
 
+    def summary(self) -> str:
+        """The event for a log line: what, when and by whom, without the study, subject, device or
+        access ID (those belong in the trail, not in logs)."""
+        return (
+            f"{self.action} {self.outcome} at {self.at.isoformat()} caller={self.caller} "
+            f"client={self.client_id} attempt_seq={self.attempt_seq}"
+        )
+
 
 @dataclass
 class Receipt:

@@ -75,10 +75,22 @@ class RequestIdMiddleware:
             logs.current.reset(token)
 
 
+def logged_path(scope: Scope) -> str:
+    """The path an access line shows: the route's template, never the request's own path, whose
+    segments may be study, subject or device ids (the REST face's are); a path no route matched (a
+    404, or the redirect of a trailing slash) shows its first segment only. Never the query string,
+    which may carry an mSubjectId."""
+    route = getattr(scope.get("route"), "path", None)
+    if route:
+        return str(route)
+    first, _, rest = str(scope.get("path", "")).lstrip("/").partition("/")
+    return f"/{first}/…" if rest else f"/{first}"
+
+
 def _log_access(scope: Scope, entry: logs.RequestLog, status: int, seconds: float) -> None:
-    """The request's access line: its route's template (or its path; never the query string,
-    which may carry an mSubjectId), status, duration, outcome, caller and upstream status."""
-    route = getattr(scope.get("route"), "path", None) or scope.get("path", "")
+    """The request's access line: its path as `logged_path` shows it, status, duration, outcome,
+    caller and upstream status."""
+    route = logged_path(scope)
     user = scope.get("user")
     principal = getattr(user, "principal", None)
     fields = {

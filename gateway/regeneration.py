@@ -156,8 +156,9 @@ class RegenerationService:
             await self.audit.store.submit(append)
         except Exception:
             # The attempt has happened (an upstream may have made new credentials): answering it
-            # matters more than failing it. The failure is loud, with what the row would have said.
-            log.exception("AUDIT WRITE FAILED (request %s): %s", event.request_id, event)
+            # matters more than failing it. The failure is loud, with what the row would have said
+            # (less the identifiers; the request id finds them in the access line's request).
+            log.exception("AUDIT WRITE FAILED (request %s): %s", event.request_id, event.summary())
 
 
 class RegenerationAttempt:

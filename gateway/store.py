@@ -165,7 +165,10 @@ class Store:
         if parsed.get_backend_name() != "sqlite":
             # Every attempt holds a connection briefly for each of its reads, and the writer one for
             # each batch: SQLAlchemy's default 5 (+10 overflow) left callers queueing for the pool.
-            options: dict[str, Any] = {"pool_pre_ping": True, "pool_size": POSTGRES_POOL_SIZE}
+            # hide_parameters (here and on SQLite's engines): a failing statement's error, and so
+            # its traceback in a log, names the statement but not its values (study, subject and
+            # device ids, access IDs).
+            options: dict[str, Any] = {"pool_pre_ping": True, "pool_size": POSTGRES_POOL_SIZE, "hide_parameters": True}
             if schema:
                 options["execution_options"] = {"schema_translate_map": {None: schema}}
             store = cls(create_async_engine(parsed, **options))
@@ -399,12 +402,17 @@ class SqliteEngines:
             _private_database(Path(url.database))
         plain = url.set(drivername="sqlite+pysqlite")
         engine = create_async_engine(
-            url, connect_args={"timeout": BUSY_TIMEOUT_SECONDS}, pool_size=1, max_overflow=0, pool_timeout=30
+            url,
+            connect_args={"timeout": BUSY_TIMEOUT_SECONDS},
+            pool_size=1,
+            max_overflow=0,
+            pool_timeout=30,
+            hide_parameters=True,
         )
         waits = {"timeout": BUSY_TIMEOUT_SECONDS, "check_same_thread": False}
-        writer = create_engine(plain, connect_args=waits, pool_size=1, max_overflow=0)
+        writer = create_engine(plain, connect_args=waits, pool_size=1, max_overflow=0, hide_parameters=True)
         # Reads are single statements: each its own implicit transaction, no BEGIN or ROLLBACK.
-        reads = {"pool_size": READERS, "isolation_level": "AUTOCOMMIT"}
+        reads = {"pool_size": READERS, "isolation_level": "AUTOCOMMIT", "hide_parameters": True}
         reader = create_engine(plain, connect_args={"timeout": 0, "check_same_thread": False}, **reads)
         waiting_reader = create_engine(plain, connect_args=waits, **reads)
         for each in (engine.sync_engine, writer):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sqlite3
 import sys
 from pathlib import Path
 from typing import Any
@@ -19,8 +20,12 @@ import pytest
 
 from gateway import logs
 from gateway.app import create_app
+from gateway.engine.registry import DEMO_REGISTRY, load_registry
+from gateway.engine.tables import seed
 from gateway.settings import Settings
+from gateway.store import Store
 from tests import demo, secret_watch
+from tests.demo import ALL_TABLES
 from tests.test_cli import dev_token
 from tests.test_upstream_parity import base_settings
 from tests.upstream_servers import ScriptedUpstream, answer, ors_error, serve_scripted
@@ -193,3 +198,36 @@ def test_json_formatter_keeps_extra_fields_and_exceptions() -> None:
     assert record["status"] == 500
     assert record["request_id"] == "r-1"
     assert "ValueError: boom" in record["exception"]
+
+
+@pytest.mark.anyio
+async def test_paths_no_route_matched_and_failed_writes_name_no_identifiers(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A REST path with a trailing slash (redirected) or a typo (404) is logged by its first segment
+    only, and a write that fails logs its statement without its values: study, subject and device
+    ids stay out of every line."""
+    caplog.set_level(logging.INFO)
+    settings = base_settings(tmp_path)
+    store = await Store.open(settings.store_url, tables=ALL_TABLES)
+    await seed(store, load_registry(DEMO_REGISTRY))
+    await store.close()
+    async with run_server(create_app(settings)) as gateway, httpx.AsyncClient(base_url=gateway) as client:
+        redirected = await client.put(demo.rest_path() + "/", headers={"X-Request-ID": "path-slash-1"})
+        missing = await client.put(demo.rest_path().replace("access-code", "acess-code"))
+        with sqlite3.connect(tmp_path / "store.sqlite3") as conn:
+            conn.execute("DROP TABLE audit_events")  # every attempt's unit of work now fails
+        conn.close()
+        query = {"query": demo.REGENERATE, "variables": {"input": demo.device_input()}}
+        failed = (await client.post("/graphql", json=query)).json()["data"]["regenerateAccessCode"]
+    assert redirected.status_code in (307, 400)  # redirected, or refused by the REST face
+    assert missing.status_code == 404
+    assert failed["__typename"] == "InternalServerError"
+    access = [r for r in caplog.records if r.name == logs.ACCESS_LOGGER]
+    assert {getattr(r, "path", None) for r in access} >= {"/ec-ors-svc/…", "/graphql"}
+    gateways = [r for r in caplog.records if r.name.startswith(("gateway", "uvicorn"))]  # not the test's client
+    text = "\n".join(logging.Formatter("%(message)s").format(r) for r in gateways)
+    assert "no such table: audit_events" in text  # the failure is logged, with its statement
+    for identifier in demo.device_input().values():
+        if identifier != "ACTIVE":
+            assert identifier not in text
