@@ -172,7 +172,8 @@ class Tracing:
         if request.url.port is not None:
             attributes["server.port"] = request.url.port
         with self._span(f"{request.method} {route}", trace.SpanKind.CLIENT, None, attributes) as span:
-            propagate.inject(request.headers, context=trace.set_span_in_context(span))
+            # A context holding the span alone: the trace goes upstream, a caller's baggage does not.
+            propagate.inject(request.headers, context=trace.set_span_in_context(span, otel_context.Context()))
             yield UpstreamCall(span)
 
     # -- spans, exceptions by class name only --------------------------------------------------

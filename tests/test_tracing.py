@@ -195,7 +195,7 @@ async def test_upstream_mode_the_upstream_receives_the_trace(
             auth_hs256_secret=TEST_HS256_SECRET,
         )
         token = bearer(settings)  # forwarded upstream (GATEWAY_UPSTREAM_AUTH=forward)
-        headers = {"Authorization": token, "traceparent": TRACEPARENT}
+        headers = {"Authorization": token, "traceparent": TRACEPARENT, "baggage": "tenant=caller-says"}
         async with (
             run_server(create_app(settings, tracer_provider=provider)) as url,
             httpx.AsyncClient(base_url=url, headers=headers, timeout=10) as client,
@@ -230,6 +230,7 @@ async def test_upstream_mode_the_upstream_receives_the_trace(
     version, sent_trace, sent_parent, _flags = seen.headers["traceparent"].split("-")
     assert (version, sent_trace, sent_parent) == ("00", TRACE_ID, f"{span_id(call):016x}")
     assert seen.headers["authorization"] == token  # the forwarded header reached it; no span holds it
+    assert "baggage" not in seen.headers  # the trace goes upstream, the caller's baggage does not
 
     issued = [FAKE_OTP, FAKE_ACCESS_ID, DEVICE_INSTANCE]
     assert_nothing_names(spans, [*IDENTIFIERS, *issued, token.removeprefix("Bearer ")])
