@@ -11,7 +11,9 @@ the hash being the lowercase hex SHA-256 of the document's exact text. Two featu
   hash runs a document of the list, and nothing else runs; registration is refused.
 
 Every refusal is a `PersistedQueryRefused`: a GraphQL error with an `extensions.code` (Apollo's codes
-where Apollo has one), and the HTTP status Apollo Server gives it. The view renders it as GraphQL JSON.
+where Apollo has one), and the HTTP status Apollo Server gives it under `application/json`. Under
+`application/graphql-response+json` an answer without `data` must be 4xx, so a miss is 404 there (as
+Apollo Router answers it) and "not supported" 400. The view renders it as GraphQL JSON.
 """
 
 from __future__ import annotations
@@ -25,24 +27,29 @@ from gateway.api.guards import TrustedDocuments, document_hash
 
 
 class PersistedQueryRefused(Exception):
-    """The request's persisted query cannot run: `message` and `code` for the GraphQL error, `status` for HTTP."""
+    """The request's persisted query cannot run: `message` and `code` for the GraphQL error, `status`
+    for HTTP under `application/json`, `spec_status` under `application/graphql-response+json`
+    (where an answer without `data` must be 4xx; the same as `status` unless given)."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(self, status: int, code: str, message: str, *, spec_status: int | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.spec_status = status if spec_status is None else spec_status
         self.code = code
         self.message = message
 
 
 def not_found() -> PersistedQueryRefused:
-    # 200, as Apollo Server 4 and 5 answer it: Apollo's link retries with the text on this code, and
-    # some clients' error handling hides the body of a 4xx.
-    return PersistedQueryRefused(200, "PERSISTED_QUERY_NOT_FOUND", "PersistedQueryNotFound")
+    # 200 under application/json, as Apollo Server 4 and 5 answer it (Apollo's link retries with the
+    # text on this code). Under graphql-response+json 404, as Apollo Router answers it: the link still
+    # retries on the code, and its default `disable` check (400 or 500) does not switch hashing off.
+    return PersistedQueryRefused(200, "PERSISTED_QUERY_NOT_FOUND", "PersistedQueryNotFound", spec_status=404)
 
 
 def not_supported() -> PersistedQueryRefused:
-    # 200, as Apollo Server answers it: Apollo's link then stops hashing and sends the text.
-    return PersistedQueryRefused(200, "PERSISTED_QUERY_NOT_SUPPORTED", "PersistedQueryNotSupported")
+    # 200 under application/json, as Apollo Server answers it: Apollo's link then stops hashing and
+    # sends the text. Under graphql-response+json 400, which the link's `disable` check also reads.
+    return PersistedQueryRefused(200, "PERSISTED_QUERY_NOT_SUPPORTED", "PersistedQueryNotSupported", spec_status=400)
 
 
 def hash_mismatch() -> PersistedQueryRefused:
