@@ -323,8 +323,8 @@ class GraphQLSettings(_Group):
     """Apollo's automatic persisted queries: a query sent by its `sha256Hash` alone runs once its text has been
     registered (`false`: `PERSISTED_QUERY_NOT_SUPPORTED`, and clients send the text)"""
     apq_cache_size: int = Field(1000, ge=1, le=100_000, validation_alias=f"{PREFIX}APQ_CACHE_SIZE")
-    """documents APQ keeps per process (least recently used dropped first); each at most
-    `GATEWAY_MAX_BODY_BYTES`"""
+    """documents APQ keeps per process (least recently used dropped first); together at most 8 MiB of text,
+    each at most 32 KiB"""
 
 
 class UpstreamSettings(_Group):

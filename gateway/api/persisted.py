@@ -6,7 +6,9 @@ the hash being the lowercase hex SHA-256 of the document's exact text. Two featu
 - **Automatic persisted queries (APQ)**, `GATEWAY_APQ`: the hash alone runs a document this process
   has seen; a miss answers `PERSISTED_QUERY_NOT_FOUND`, the client sends the hash and the text
   together, and that registers it once the hash matches the text and the document is valid. The
-  documents live in a bounded LRU (`PersistedQueryCache`), one per process.
+  documents live in an LRU (`PersistedQueryCache`), one per process, bounded by count
+  (`GATEWAY_APQ_CACHE_SIZE`) and by bytes (`CACHE_BYTES`); a document over `DOCUMENT_BYTES` is
+  refused registration (`PERSISTED_QUERY_TOO_LARGE`).
 - **Trusted documents**, `GATEWAY_TRUSTED_DOCUMENTS` (`gateway.api.guards.TrustedDocuments`): the
   hash runs a document of the list, and nothing else runs; registration is refused.
 
@@ -24,6 +26,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.api.guards import TrustedDocuments, document_hash
+
+CACHE_BYTES = 8 * 1024 * 1024
+"""The UTF-8 bytes of document text APQ keeps per process, whatever `GATEWAY_APQ_CACHE_SIZE` allows:
+without it, comment-padded documents at the body limit would take 64 MiB at the default count."""
+
+DOCUMENT_BYTES = CACHE_BYTES // 256
+"""The largest document APQ registers (32 KiB): a 256th of the budget, so one registration never
+flushes the cache, and far above real documents (the gateway's own take under 1 KiB)."""
 
 
 class PersistedQueryRefused(Exception):
@@ -67,15 +77,30 @@ def not_in_list() -> PersistedQueryRefused:
     )
 
 
+def too_large(size: int, limit: int) -> PersistedQueryRefused:
+    # Refused rather than run unregistered: silently not keeping it would have the client miss and
+    # re-register on every request. Apollo has no code for it, so the gateway names it.
+    return PersistedQueryRefused(
+        400,
+        "PERSISTED_QUERY_TOO_LARGE",
+        f"persisted queries register documents of at most {limit} bytes and this one has {size}: "
+        "send it without extensions.persistedQuery",
+    )
+
+
 def bad_request(message: str) -> PersistedQueryRefused:
     return PersistedQueryRefused(400, "BAD_REQUEST", message)
 
 
 class PersistedQueryCache:
-    """Document texts by their hash, at most `size` of them, the least recently used dropped first."""
+    """Document texts by their hash, at most `size` of them and `budget` UTF-8 bytes of text, the
+    least recently used dropped first; `max_document` says what `PersistedQueries` lets register."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, *, budget: int = CACHE_BYTES, max_document: int = DOCUMENT_BYTES) -> None:
         self.size = size
+        self.budget = budget
+        self.max_document = max_document
+        self.bytes = 0
         self._texts: OrderedDict[str, str] = OrderedDict()
 
     def get(self, sha: str) -> str | None:
@@ -85,16 +110,23 @@ class PersistedQueryCache:
         return text
 
     def put(self, sha: str, text: str) -> None:
+        if (previous := self._texts.pop(sha, None)) is not None:
+            self.bytes -= _size(previous)
         self._texts[sha] = text
-        self._texts.move_to_end(sha)
-        if len(self._texts) > self.size:
-            self._texts.popitem(last=False)
+        self.bytes += _size(text)
+        while len(self._texts) > self.size or (self.bytes > self.budget and len(self._texts) > 1):
+            _, dropped = self._texts.popitem(last=False)
+            self.bytes -= _size(dropped)
 
     def __contains__(self, sha: object) -> bool:
         return sha in self._texts
 
     def __len__(self) -> int:
         return len(self._texts)
+
+
+def _size(text: str) -> int:
+    return len(text.encode("utf-8"))
 
 
 @dataclass
@@ -131,8 +163,11 @@ class PersistedQueries:
             if sha not in self.trusted.documents:
                 raise not_in_list()  # no registration beside a list of trusted documents
             return query
-        if self.apq is not None and self.apq.get(sha) is None and self.valid(query):
-            self.apq.put(sha, query)
+        if self.apq is not None and self.apq.get(sha) is None:
+            if (size := _size(query)) > self.apq.max_document:
+                raise too_large(size, self.apq.max_document)
+            if self.valid(query):
+                self.apq.put(sha, query)
         return query
 
     def _lookup(self, sha: str) -> str:
