@@ -12,6 +12,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+from starlette.requests import Request
+from starlette.routing import Route
 
 from gateway.app import create_app
 from gateway.settings import Settings, SettingsError
@@ -91,6 +93,27 @@ async def test_an_origin_not_listed_is_not_allowed(served: tuple[httpx.AsyncClie
     assert "access-control-allow-origin" not in refused.headers  # what a browser needs to go on
     called = await client.post("/graphql", json=QUERY, headers={"Origin": OTHER, "Authorization": bearer(settings)})
     assert "access-control-allow-origin" not in called.headers
+
+
+async def test_an_unexpected_500_carries_the_cors_headers(tmp_path: Path) -> None:
+    """The request id's own 500 (an exception nobody caught) goes out through CORS: the page on a
+    listed origin reads the status and the X-Request-ID to quote, rather than a network error."""
+    settings = sqlite_settings(tmp_path, cors_origins=FRONT_END)
+    app = create_app(settings, backend=RecordingBackend())
+
+    async def explode(request: Request) -> None:
+        raise RuntimeError("an unexpected failure")
+
+    app.router.routes.append(Route("/explode", explode))
+    headers = {"Origin": FRONT_END, "Authorization": bearer(settings), "X-Request-ID": "cors-500"}
+    async with run_server(app) as url, httpx.AsyncClient(base_url=url) as client:
+        response = await client.get("/explode", headers=headers)
+    assert response.status_code == 500
+    assert response.headers["x-request-id"] == "cors-500"
+    assert cors_headers(response) == {
+        "access-control-allow-origin": FRONT_END,
+        "access-control-expose-headers": "X-Request-ID",
+    }
 
 
 async def test_without_the_setting_no_route_speaks_cors(tmp_path: Path) -> None:
