@@ -31,7 +31,12 @@ from gateway.domain import Backend, utc_now
 from gateway.engine import tables
 from gateway.engine.engine import CredentialEngine
 from gateway.engine.otp import KdfPool
-from gateway.http import BodySizeLimitMiddleware, HeaderSizeLimitMiddleware, RequestIdMiddleware
+from gateway.http import (
+    BodySizeLimitMiddleware,
+    HeaderSizeLimitMiddleware,
+    RequestIdMiddleware,
+    UnexpectedErrorMiddleware,
+)
 from gateway.logs import configure, note_upstream_response
 from gateway.rate_limits import RateLimiter
 from gateway.regeneration import Policy, RegenerationService
@@ -161,13 +166,15 @@ def create_app(
         *([] if settings.production else [Mount(graphiql.ASSETS_PATH, graphiql.assets_app())]),
     ]
     app = Starlette(routes=routes, lifespan=lifespan)
-    # Outermost last: request id, then CORS (a preflight needs no token; a refusal below still carries
-    # the CORS headers, so a page can read its status), the header and body-size limits, then bearer
-    # authentication.
+    # Outermost last: the request id (a preflight too gets one and its access line), CORS (a preflight
+    # needs no token; every answer below, the 500 of an unexpected error included, carries the CORS
+    # headers, so a page can read its status and X-Request-ID), the unexpected error's 500, the header
+    # and body-size limits, then bearer authentication. Tracing, when on, is outside them all.
     bearer_tokens = BearerTokenBackend(enabled=not settings.auth.insecure_disable_auth)
     app.add_middleware(AuthenticationMiddleware, backend=bearer_tokens, on_error=refuse)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.http.max_body_bytes)
     app.add_middleware(HeaderSizeLimitMiddleware, max_bytes=settings.http.max_header_bytes)
+    app.add_middleware(UnexpectedErrorMiddleware)
     if settings.http.cors_origins:
         app.add_middleware(
             CORSMiddleware,

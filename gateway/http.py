@@ -2,8 +2,9 @@
 
 - `RequestIdMiddleware`: every HTTP request gets an id (the caller's `X-Request-ID` when
   well-formed, else a new one), in `request.state.request_id`, the response's `X-Request-ID` and
-  every log record (`gateway.logs.current`); an unexpected exception becomes a JSON 500 that
-  carries it; one access line a request (`gateway.access`).
+  every log record (`gateway.logs.current`); one access line a request (`gateway.access`).
+- `UnexpectedErrorMiddleware`: an unexpected exception becomes a JSON 500 that carries the id. It
+  runs inside CORS (and the request id outside it), so the 500 carries the CORS headers too.
 - `HeaderSizeLimitMiddleware`: headers over `GATEWAY_MAX_HEADER_BYTES` get 431.
 - `BodySizeLimitMiddleware`: every route; a body over `GATEWAY_MAX_BODY_BYTES` gets 413, whether
   it announces its length or streams.
@@ -33,9 +34,9 @@ class RequestIdMiddleware:
     """Give every HTTP request an id: the caller's `X-Request-ID` when well-formed, else a new one.
 
     The id is in `request.state.request_id`, in every log line about the request, and in the
-    response's `X-Request-ID` header, a 500 included: an exception that escapes the app is logged
-    with the id here and answered with a JSON 500 that carries it (Starlette's own error handler,
-    outside this middleware, would answer without it).
+    response's `X-Request-ID` header, a 500 included. `UnexpectedErrorMiddleware`, further in, answers
+    an unexpected exception; one that still reaches this middleware (raised outside it) gets the same
+    JSON 500 here (Starlette's own error handler, outside this middleware, would answer without the id).
     """
 
     def __init__(self, app: ASGIApp) -> None:
@@ -68,11 +69,44 @@ class RequestIdMiddleware:
             log.exception("unexpected error (request %s)", request_id)
             if started:
                 raise  # too late for a 500: the server closes the connection
-            body = {"error": "internal_error", "error_description": f"Unexpected error (request {request_id})"}
-            await JSONResponse(body, 500, {"X-Request-ID": request_id})(scope, receive, send)
+            await _internal_error(request_id)(scope, receive, send)
         finally:
             _log_access(scope, entry, status, time.perf_counter() - began)
             logs.current.reset(token)
+
+
+def _internal_error(request_id: str) -> JSONResponse:
+    body = {"error": "internal_error", "error_description": f"Unexpected error (request {request_id})"}
+    return JSONResponse(body, 500, {"X-Request-ID": request_id})
+
+
+class UnexpectedErrorMiddleware:
+    """An exception that escapes the routes, logged with the request id and answered with a JSON 500
+    naming it. Apart from `RequestIdMiddleware` so that CORS can sit between them: the request id
+    (and its access line) covers a preflight, and CORS covers this 500, so a page can read it."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def send_started(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_started)
+        except Exception:
+            if started:
+                raise  # too late for a 500: the request id's middleware logs it, the server closes
+            request_id = scope.get("state", {}).get("request_id", "")
+            log.exception("unexpected error (request %s)", request_id)
+            await _internal_error(request_id)(scope, receive, send)
 
 
 def logged_path(scope: Scope) -> str:

@@ -164,19 +164,42 @@ def _algorithm_list(value: object) -> object:
     return tuple(dict.fromkeys(chosen))
 
 
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _origin(item: str) -> str | None:
+    """`HTTPS://App.example:443` → `https://app.example`: the origin as a browser sends it in `Origin`
+    (scheme and host lowercase, the scheme's default port left out), or None when `item` is not one."""
+    parts = urlsplit(item)
+    try:
+        port = parts.port
+    except ValueError:  # not a number, or out of range
+        return None
+    if (
+        parts.scheme not in _DEFAULT_PORTS
+        or not parts.hostname
+        or parts.username is not None
+        or parts.password is not None
+        or item.lower() != f"{parts.scheme}://{parts.netloc}".lower()  # a path, query or fragment
+    ):
+        return None
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    return f"{parts.scheme}://{host}" + ("" if port in (None, _DEFAULT_PORTS[parts.scheme]) else f":{port}")
+
+
 def _origin_list(value: object) -> object:
     """`https://a.example, http://127.0.0.1:3000` → ("https://a.example", "http://127.0.0.1:3000"): each an
-    origin as a browser sends it (scheme, host, optional port; no path), or `*`."""
+    origin (scheme, host, optional port; no path), or `*`. Each is normalised as browsers send it, since
+    Starlette compares the `Origin` header with the list as written: `https://App.example:443` would
+    otherwise never match."""
     items = value.split(",") if isinstance(value, str) else value
     if not isinstance(items, list | tuple):
         return value
     origins: list[str] = []
     for item in (str(item).strip() for item in items):
-        parts = urlsplit(item)
-        if item == "*" or (
-            parts.scheme in {"http", "https"} and parts.hostname and item == f"{parts.scheme}://{parts.netloc}"
-        ):
-            origins.append(item)
+        origin = "*" if item == "*" else _origin(item) if item else None
+        if origin is not None:
+            origins.append(origin)
         elif item:
             raise ValueError(
                 f"must list origins such as https://app.example or http://127.0.0.1:3000 (or *), not {item!r}"
@@ -323,8 +346,8 @@ class GraphQLSettings(_Group):
     """Apollo's automatic persisted queries: a query sent by its `sha256Hash` alone runs once its text has been
     registered (`false`: `PERSISTED_QUERY_NOT_SUPPORTED`, and clients send the text)"""
     apq_cache_size: int = Field(1000, ge=1, le=100_000, validation_alias=f"{PREFIX}APQ_CACHE_SIZE")
-    """documents APQ keeps per process (least recently used dropped first); each at most
-    `GATEWAY_MAX_BODY_BYTES`"""
+    """documents APQ keeps per process (least recently used dropped first); together at most 8 MiB of text,
+    each at most 32 KiB"""
 
 
 class UpstreamSettings(_Group):

@@ -3,7 +3,8 @@
 A hash alone misses (`PERSISTED_QUERY_NOT_FOUND`), the hash with its text registers it, the hash
 alone then runs it (POST and GET); a hash that is not its text's is refused; `GATEWAY_APQ=false`
 answers `PERSISTED_QUERY_NOT_SUPPORTED`; with trusted documents nothing registers and every refusal
-is GraphQL JSON; the cache keeps at most `GATEWAY_APQ_CACHE_SIZE` documents. `apollo_link` plays
+is GraphQL JSON; the cache keeps at most `GATEWAY_APQ_CACHE_SIZE` documents and `CACHE_BYTES` of
+text, and refuses to register a document over `DOCUMENT_BYTES`. `apollo_link` plays
 Apollo Client's persisted-query link against the gateway.
 """
 
@@ -22,7 +23,7 @@ from starlette.applications import Starlette
 from starlette.routing import Route
 
 from gateway.api.guards import document_hash
-from gateway.api.persisted import PersistedQueryCache
+from gateway.api.persisted import CACHE_BYTES, DOCUMENT_BYTES, PersistedQueryCache
 from gateway.api.schema import GatewaySchema
 from gateway.api.view import GraphQLView
 from gateway.app import create_app
@@ -200,6 +201,42 @@ def test_the_cache_is_bounded() -> None:
         cache.put(f"h{n}", f"q{n}")
     assert len(cache) == 3
     assert [cache.get(f"h{n}") for n in range(10)] == [None] * 7 + ["q7", "q8", "q9"]
+
+
+def test_the_cache_is_bounded_by_bytes() -> None:
+    cache = PersistedQueryCache(100, budget=100)
+    for n in range(4):
+        cache.put(f"h{n}", str(n) * 30)  # 30 bytes each: the fourth takes the total to 120
+    assert (len(cache), cache.bytes) == (3, 90)
+    assert cache.get("h0") is None  # the least recently used went first
+    assert cache.get("h1") is not None  # now the most recently used
+    cache.put("big", "x" * 70)  # 160 bytes: h2 and h3 go, h1 (used last) and big stay
+    assert (len(cache), cache.bytes) == (2, 100)
+    assert [cache.get(sha) is not None for sha in ("h1", "h2", "h3", "big")] == [True, False, False, True]
+    cache.put("big", "é" * 10)  # re-registering replaces the text; bytes are UTF-8 bytes
+    assert cache.bytes == 50
+
+
+def test_the_defaults_bound_the_cache_by_bytes() -> None:
+    assert (CACHE_BYTES, DOCUMENT_BYTES) == (8 * 1024 * 1024, 32 * 1024)
+    cache = PersistedQueryCache(100_000)  # the largest GATEWAY_APQ_CACHE_SIZE
+    for n in range(300):
+        cache.put(f"h{n}", "#" * DOCUMENT_BYTES)
+    assert cache.bytes <= CACHE_BYTES
+    assert len(cache) == CACHE_BYTES // DOCUMENT_BYTES
+
+
+async def test_a_document_over_the_limit_is_refused_registration(gateway: Gateway) -> None:
+    padded = " " * DOCUMENT_BYTES + VERSION  # valid (blanks are not tokens, comments are), and over 32 KiB
+    refused = await gateway.register(padded)
+    assert refused.status_code == 400
+    message = f"persisted queries register documents of at most {DOCUMENT_BYTES} bytes and this one has"
+    assert refused.json()["errors"][0]["message"].startswith(message)
+    assert refused.json()["errors"][0]["extensions"] == {"code": "PERSISTED_QUERY_TOO_LARGE"}
+    assert "data" not in refused.json()
+    assert (await gateway.by_hash(padded)).json() == NOT_FOUND
+    plain = await gateway.client.post("/graphql", json={"query": padded})  # without a hash it runs as ever
+    assert plain.json() == {"data": {"gateway": {"version": "0.1.0"}}}
 
 
 @pytest.mark.parametrize("overrides", [{"apq": False}])

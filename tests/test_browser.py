@@ -158,6 +158,11 @@ def test_graphiql_loads_from_the_gateway_alone_and_runs_the_sample_mutation(brow
     secret_watch.watch(result["otp"])
     assert result["__typename"] == "BootstrapCredentials"
     assert len(result["accessId"]) == 6
+    # The headers pane holds the token, and GraphiQL keeps it out of the browser's storage.
+    stored = page.evaluate("() => JSON.stringify([Object.entries(localStorage), Object.entries(sessionStorage)])")
+    assert "graphiql:queries" in stored  # the history is kept (GraphiQL 3.8 would keep its headers too)
+    assert gateway.token not in stored
+    assert "Bearer" not in stored
     context.close()
 
     # Every request went to the gateway's own origin: the page, its pinned files, then GraphQL calls.

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+from starlette.requests import Request
+from starlette.routing import Route
 
 from gateway.app import create_app
 from gateway.settings import Settings, SettingsError
@@ -93,6 +95,27 @@ async def test_an_origin_not_listed_is_not_allowed(served: tuple[httpx.AsyncClie
     assert "access-control-allow-origin" not in called.headers
 
 
+async def test_an_unexpected_500_carries_the_cors_headers(tmp_path: Path) -> None:
+    """The request id's own 500 (an exception nobody caught) goes out through CORS: the page on a
+    listed origin reads the status and the X-Request-ID to quote, rather than a network error."""
+    settings = sqlite_settings(tmp_path, cors_origins=FRONT_END)
+    app = create_app(settings, backend=RecordingBackend())
+
+    async def explode(request: Request) -> None:
+        raise RuntimeError("an unexpected failure")
+
+    app.router.routes.append(Route("/explode", explode))
+    headers = {"Origin": FRONT_END, "Authorization": bearer(settings), "X-Request-ID": "cors-500"}
+    async with run_server(app) as url, httpx.AsyncClient(base_url=url) as client:
+        response = await client.get("/explode", headers=headers)
+    assert response.status_code == 500
+    assert response.headers["x-request-id"] == "cors-500"
+    assert cors_headers(response) == {
+        "access-control-allow-origin": FRONT_END,
+        "access-control-expose-headers": "X-Request-ID",
+    }
+
+
 async def test_without_the_setting_no_route_speaks_cors(tmp_path: Path) -> None:
     settings = sqlite_settings(tmp_path)
     async with run_server(create_app(settings, backend=RecordingBackend())) as url, httpx.AsyncClient() as client:
@@ -116,7 +139,44 @@ async def test_any_origin_is_for_development_only(tmp_path: Path) -> None:
     assert sqlite_settings(tmp_path, cors_origins=FRONT_END, production=True).http.cors_origins == (FRONT_END,)
 
 
-@pytest.mark.parametrize("value", ["https://a.example/app", "a.example", "ftp://a.example", "https://a.example/"])
+@pytest.mark.parametrize(
+    ("value", "origin"),
+    [
+        pytest.param("https://App.Example", "https://app.example", id="host-case"),
+        pytest.param("HTTPS://a.example", "https://a.example", id="scheme-case"),
+        pytest.param("https://a.example:443", "https://a.example", id="https-default-port"),
+        pytest.param("http://a.example:80", "http://a.example", id="http-default-port"),
+        pytest.param("http://a.example:443", "http://a.example:443", id="other-port-kept"),
+        pytest.param("https://a.example:8443", "https://a.example:8443", id="port-kept"),
+        pytest.param("http://[::1]:3000", "http://[::1]:3000", id="ipv6"),
+    ],
+)
+def test_origins_are_normalised_as_browsers_send_them(value: str, origin: str) -> None:
+    settings = Settings.from_env({"GATEWAY_ENV_FILE": "", "GATEWAY_CORS_ORIGINS": f"{value}, {origin}"})
+    assert settings.http.cors_origins == (origin,)  # the same origin twice: listed once
+
+
+async def test_an_origin_written_otherwise_matches_what_the_browser_sends(tmp_path: Path) -> None:
+    settings = sqlite_settings(tmp_path, cors_origins="HTTPS://Site-Portal.example:443")
+    async with run_server(create_app(settings, backend=RecordingBackend())) as url, httpx.AsyncClient() as client:
+        response = await client.options(f"{url}/graphql", headers=preflight(FRONT_END))
+    assert response.status_code == 200
+    assert cors_headers(response)["access-control-allow-origin"] == FRONT_END
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "https://a.example/app",
+        "a.example",
+        "ftp://a.example",
+        "https://a.example/",
+        "https://a.example?x",
+        "https://user@a.example",
+        "https://a.example:99999",
+        "https://a.example:port",
+    ],
+)
 def test_an_origin_is_a_scheme_a_host_and_a_port(value: str) -> None:
     with pytest.raises(SettingsError, match=r"^GATEWAY_CORS_ORIGINS must list origins such as"):
         Settings.from_env({"GATEWAY_ENV_FILE": "", "GATEWAY_CORS_ORIGINS": value})

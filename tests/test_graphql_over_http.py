@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -184,8 +185,30 @@ async def test_body_errors_take_the_spec_media_type(client: httpx.AsyncClient, c
     assert "data" not in response.json()
 
 
-async def test_a_persisted_query_miss_stays_200_as_apollo_server_answers_it(client: httpx.AsyncClient) -> None:
+async def test_a_persisted_query_miss_is_404_with_the_spec_and_200_with_json(client: httpx.AsyncClient) -> None:
+    """An answer without `data` in graphql-response+json must be 4xx: 404, as Apollo Router answers
+    it; application/json keeps Apollo Server's 200, which Apollo's link expects."""
     miss = {"extensions": {"persistedQuery": {"version": 1, "sha256Hash": "0" * 64}}}
-    response = await post(client, APOLLO_CLIENT_4, miss)
-    assert (response.status_code, response.headers["content-type"]) == (200, SPEC)
-    assert response.json()["errors"][0]["extensions"]["code"] == "PERSISTED_QUERY_NOT_FOUND"
+    spec = await post(client, APOLLO_CLIENT_4, miss)
+    assert (spec.status_code, spec.headers["content-type"]) == (404, SPEC)
+    assert "data" not in spec.json()
+    assert spec.json()["errors"][0]["extensions"]["code"] == "PERSISTED_QUERY_NOT_FOUND"
+    legacy = await post(client, "application/json", miss)
+    assert (legacy.status_code, legacy.headers["content-type"]) == (200, JSON)
+    assert legacy.json()["errors"][0]["extensions"]["code"] == "PERSISTED_QUERY_NOT_FOUND"
+
+
+async def test_persisted_queries_not_supported_is_400_with_the_spec_and_200_with_json(tmp_path: Path) -> None:
+    settings = sqlite_settings(tmp_path, apq=False)
+    not_supported = {"extensions": {"persistedQuery": {"version": 1, "sha256Hash": "0" * 64}}}
+    async with (
+        run_server(create_app(settings, backend=RecordingBackend())) as url,
+        httpx.AsyncClient(base_url=url, headers={"Authorization": bearer(settings)}) as client,
+    ):
+        spec = await post(client, APOLLO_CLIENT_4, not_supported)
+        legacy = await post(client, "application/json", not_supported)
+    assert (spec.status_code, spec.headers["content-type"]) == (400, SPEC)
+    assert "data" not in spec.json()
+    assert spec.json()["errors"][0]["extensions"]["code"] == "PERSISTED_QUERY_NOT_SUPPORTED"
+    assert (legacy.status_code, legacy.headers["content-type"]) == (200, JSON)
+    assert legacy.json()["errors"][0]["extensions"]["code"] == "PERSISTED_QUERY_NOT_SUPPORTED"

@@ -157,7 +157,8 @@ class GraphQLView(GraphQL[Context, None]):
             else:
                 response = request_error(error.status_code, error.reason)
         except PersistedQueryRefused as refused:
-            response = request_error(refused.status, refused.message, refused.code)
+            status = refused.spec_status if exchange.media_type == GRAPHQL_RESPONSE_JSON else refused.status
+            response = request_error(status, refused.message, refused.code)
         return response
 
     def should_render_graphql_ide(self, request: BaseRequestProtocol) -> bool:
