@@ -9,7 +9,6 @@ import os
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import anyio
@@ -30,7 +29,7 @@ from gateway.schema_versions import ENGINE, TRAIL
 from gateway.settings import Settings
 from gateway.store import Store, metadata, schema_engine
 from tests.demo import ALL_TABLES, Database
-from tests.utils import free_port, serving
+from tests.utils import free_port, serving, wait_until_up
 
 pytestmark = pytest.mark.anyio
 
@@ -365,16 +364,7 @@ def test_the_asgi_factory_migrates_the_embedded_default(env: dict[str, str]) -> 
     port = free_port()
     process = uvicorn_factory(env, port)
     try:
-        for _ in range(200):
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert process.poll() is None, process.communicate()[0]
-            time.sleep(0.05)
-        else:
-            raise AssertionError("the factory's server did not get ready")
+        wait_until_up(process, f"http://127.0.0.1:{port}/readyz")
     finally:
         process.terminate()
         process.communicate(timeout=30)

@@ -54,6 +54,20 @@ class Served:
     log = ""
 
 
+def wait_until_up(process: subprocess.Popen[str], url: str) -> None:
+    """Poll `url` until it answers 200 (10 s at most); fail at once if `process` exits meanwhile."""
+    for _ in range(200):
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if process.poll() is not None:
+            raise AssertionError(f"{process.args!r} exited early")
+        time.sleep(0.05)
+    raise AssertionError(f"{url} did not answer 200")
+
+
 @contextmanager
 def serving(env: dict[str, str], port: int, *args: str, log_apart: bool = False) -> Iterator[Served]:
     """`gateway serve --port port *args` in its own process; stopped by its pid when the block ends.
@@ -67,15 +81,7 @@ def serving(env: dict[str, str], port: int, *args: str, log_apart: bool = False)
         text=True,
     )
     try:
-        for _ in range(200):
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if process.poll() is not None:
-                raise AssertionError("gateway serve exited early")
-            time.sleep(0.05)
+        wait_until_up(process, f"http://127.0.0.1:{port}/healthz")
         yield served
     finally:
         os.kill(process.pid, signal.SIGTERM)
