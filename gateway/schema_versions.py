@@ -16,7 +16,10 @@ matches and the code needs no later revision.
 
 Migrating holds a lock for the whole transaction (PostgreSQL: an advisory lock per schema; SQLite:
 `BEGIN IMMEDIATE`), and the store's revision is read again under it: two gateways starting at once
-migrate once. On PostgreSQL every revision of a run commits together or not at all.
+migrate once. Every revision of a run commits together or not at all. On SQLite the revisions run
+with foreign keys off (`store.schema_engine`: SQLite cannot turn them off inside a transaction, and
+rebuilding a table others refer to needs them off); `PRAGMA foreign_key_check` runs before the
+commit and a broken reference rolls the whole run back, naming the tables.
 """
 
 from __future__ import annotations
@@ -246,8 +249,25 @@ def _upgrade(conn: Connection, needed: tuple[str, ...], schema: str) -> Migratio
             command.stamp(alembic, known_branches()[name].base)
         for name in needed:
             command.upgrade(alembic, f"{name}@head")
+        _check_references(conn, before)
         after = _read(conn, needed, schema)
     return Migration(before, after)
+
+
+def _check_references(conn: Connection, before: Status) -> None:
+    """SQLite: the revisions ran with foreign keys off (so that they can rebuild a table others
+    refer to); before the commit, every reference must hold again, else the whole run rolls back.
+    (PostgreSQL checks each statement itself.)"""
+    if conn.dialect.name != "sqlite":
+        return
+    broken = conn.exec_driver_sql("PRAGMA foreign_key_check").all()  # (table, rowid, parent, fk id)
+    if broken:
+        pairs = sorted({(str(row[0]), str(row[2])) for row in broken})
+        named = "; ".join(f"rows of {table} refer to missing rows of {parent}" for table, parent in pairs)
+        raise StoreVersionError(
+            f"the migration would leave broken references ({named}): rolled back, "
+            f"the store is still at revision {before.at()}"
+        )
 
 
 def _read(conn: Connection, needed: tuple[str, ...], schema: str) -> Status:
