@@ -14,6 +14,10 @@ migrate` adopts them (stamps that revision, then upgrades as usual); when they d
 naming the differences. Read-only tools (`gateway audit`) accept such a store as it is when it
 matches and the code needs no later revision.
 
+Status checks (`gateway migrate --check`, and the check before `audit`, `seed` and `serve`) read
+in a plain read transaction, without the migration lock, and create nothing: a SQLite file that
+does not exist is reported as missing, not made.
+
 Migrating holds a lock for the whole transaction (PostgreSQL: an advisory lock per schema; SQLite:
 `BEGIN IMMEDIATE`), and the store's revision is read again under it: two gateways starting at once
 migrate once. Every revision of a run commits together or not at all. On SQLite the revisions run
@@ -41,7 +45,7 @@ from sqlalchemy import Connection, MetaData, inspect, text
 
 from gateway import audit, rate_limits
 from gateway.engine import tables as engine_tables
-from gateway.store import metadata, schema_engine
+from gateway.store import metadata, schema_engine, sqlite_file
 
 SCRIPTS = Path(__file__).parent / "migrations"
 """Alembic's script folder: env.py and versions/."""
@@ -116,6 +120,8 @@ class Status:
     predating: dict[str, tuple[str, ...]] = field(default_factory=dict)
     """Needed branches with no revision recorded whose tables exist (made before migrations), and
     how those tables differ from the branch's first revision (empty: they match)."""
+    missing: str | None = None
+    """The SQLite file the store would be, which does not exist (the store was never made there)."""
 
     @property
     def current(self) -> bool:
@@ -142,6 +148,8 @@ class Status:
     def line(self) -> str:
         """One line: where the store stands and, when it is not current, what to run."""
         needs = ", ".join(self.needs.values())
+        if self.missing:
+            return f"the store does not exist (no file {self.missing}), the code needs {needs}: run `gateway migrate`"
         if self.unknown:
             return (
                 f"the store is at revision {', '.join(self.unknown)}, which this gateway does not know "
@@ -192,8 +200,14 @@ def _quiet_alembic() -> Iterator[None]:
 
 
 async def status(url: str, schema: str, needed: Sequence[str]) -> Status:
-    """Where the store at `url` (and `schema`) stands for the branches `needed`; changes nothing."""
-    engine = schema_engine(url, schema=schema)
+    """Where the store at `url` (and `schema`) stands for the branches `needed`; changes nothing,
+    creates nothing (a SQLite file that does not exist is `missing`), and takes no write lock (a
+    read transaction: `upgrade` reads the revision again under its lock)."""
+    missing = sqlite_file(url)
+    if missing is not None and not missing.exists():
+        heads = {name: known_branches()[name].head for name in needed}
+        return Status(dict.fromkeys(needed), heads, missing=str(missing))
+    engine = schema_engine(url, schema=schema, write=False)
     try:
         async with engine.connect() as conn:
             with _quiet_alembic():

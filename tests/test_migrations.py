@@ -132,8 +132,10 @@ async def test_the_comparison_sees_a_difference(database: Database) -> None:
 async def test_migrate_from_empty(store_env: dict[str, str], database: Database) -> None:
     checked = await gateway(store_env, "migrate", "--check")
     assert checked.returncode == 1
+    where = "does not exist (no file {})".format(database.url.removeprefix("sqlite+aiosqlite:///"))
     assert one_line(checked.stdout) == (
-        "the store is at revision none, the code needs trail_0001, engine_0001: run `gateway migrate`"
+        f"the store {where if database.kind == 'sqlite' else 'is at revision none'}, "
+        "the code needs trail_0001, engine_0001: run `gateway migrate`"
     )
     migrated = await gateway(store_env, "migrate")
     assert migrated.returncode == 0, migrated.stderr
@@ -166,6 +168,48 @@ async def test_migrate_from_the_first_revision_keeps_the_data(store_env: dict[st
     count = await on_store(database, lambda conn: conn.execute(select(func.count()).select_from(study_modes)).scalar())
     assert count
     assert (await gateway(store_env, "migrate", "--check")).returncode == 0
+
+
+async def test_read_only_commands_make_no_sqlite_file(env: dict[str, str], tmp_path: Path) -> None:
+    """`migrate --check` and `audit` on a SQLite store that was never made say so, and make nothing
+    (neither the file nor its folder)."""
+    data = Path(env["GATEWAY_DATA_DIR"])
+    checked = await gateway(env, "migrate", "--check")
+    assert checked.returncode == 1
+    assert one_line(checked.stdout) == (
+        f"the store does not exist (no file {data / 'gateway.sqlite3'}), the code needs trail_0001, engine_0001: "
+        "run `gateway migrate`"
+    )
+    elsewhere = tmp_path / "elsewhere" / "store.sqlite3"
+    named = {**env, "GATEWAY_DATABASE_URL": f"sqlite+aiosqlite:///{elsewhere}"}
+    for args in (("migrate", "--check"), ("audit", "verify"), ("audit", "head")):
+        done = await gateway(named, *args)
+        line = one_line(done.stdout if args[0] == "migrate" else done.stderr)
+        assert done.returncode == (1 if args[0] == "migrate" else 2), line
+        assert f"the store does not exist (no file {elsewhere})" in line
+    assert not await anyio.Path(data).exists()
+    assert not await anyio.Path(elsewhere.parent).exists()
+
+
+async def test_check_reads_beside_a_busy_writer(env: dict[str, str], tmp_path: Path) -> None:
+    """A gateway holding SQLite's write lock does not hold up `migrate --check` or `audit`: they read
+    in a plain read transaction (only `gateway migrate` takes the lock). The folder's name needs
+    quoting in SQLite's URI filename."""
+    path = tmp_path / "a store #1 100%" / "store.sqlite3"
+    store_env = {**env, "GATEWAY_DATABASE_URL": f"sqlite+aiosqlite:///{path}"}
+    assert (await gateway(store_env, "migrate")).returncode == 0
+    writer = sqlite3.connect(path, isolation_level=None)
+    try:
+        writer.execute("BEGIN IMMEDIATE")  # as the gateway's writer holds it during a batch
+        writer.execute("DELETE FROM rate_counters")
+        checked = await gateway(store_env, "migrate", "--check")
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+        assert one_line(checked.stdout) == "the store is at revision trail_0001, engine_0001: up to date"
+        verified = await gateway(store_env, "audit", "verify")
+        assert verified.returncode == 0, verified.stderr
+        writer.execute("ROLLBACK")
+    finally:
+        writer.close()
 
 
 async def test_check_is_behind_until_every_needed_branch_is_migrated(
