@@ -14,9 +14,16 @@ migrate` adopts them (stamps that revision, then upgrades as usual); when they d
 naming the differences. Read-only tools (`gateway audit`) accept such a store as it is when it
 matches and the code needs no later revision.
 
+Status checks (`gateway migrate --check`, and the check before `audit`, `seed` and `serve`) read
+in a plain read transaction, without the migration lock, and create nothing: a SQLite file that
+does not exist is reported as missing, not made.
+
 Migrating holds a lock for the whole transaction (PostgreSQL: an advisory lock per schema; SQLite:
 `BEGIN IMMEDIATE`), and the store's revision is read again under it: two gateways starting at once
-migrate once. On PostgreSQL every revision of a run commits together or not at all.
+migrate once. Every revision of a run commits together or not at all. On SQLite the revisions run
+with foreign keys off (`store.schema_engine`: SQLite cannot turn them off inside a transaction, and
+rebuilding a table others refer to needs them off); `PRAGMA foreign_key_check` runs before the
+commit and a broken reference rolls the whole run back, naming the tables.
 """
 
 from __future__ import annotations
@@ -38,7 +45,7 @@ from sqlalchemy import Connection, MetaData, inspect, text
 
 from gateway import audit, rate_limits
 from gateway.engine import tables as engine_tables
-from gateway.store import metadata, schema_engine
+from gateway.store import metadata, schema_engine, sqlite_file
 
 SCRIPTS = Path(__file__).parent / "migrations"
 """Alembic's script folder: env.py and versions/."""
@@ -113,6 +120,8 @@ class Status:
     predating: dict[str, tuple[str, ...]] = field(default_factory=dict)
     """Needed branches with no revision recorded whose tables exist (made before migrations), and
     how those tables differ from the branch's first revision (empty: they match)."""
+    missing: str | None = None
+    """The SQLite file the store would be, which does not exist (the store was never made there)."""
 
     @property
     def current(self) -> bool:
@@ -139,6 +148,8 @@ class Status:
     def line(self) -> str:
         """One line: where the store stands and, when it is not current, what to run."""
         needs = ", ".join(self.needs.values())
+        if self.missing:
+            return f"the store does not exist (no file {self.missing}), the code needs {needs}: run `gateway migrate`"
         if self.unknown:
             return (
                 f"the store is at revision {', '.join(self.unknown)}, which this gateway does not know "
@@ -189,8 +200,14 @@ def _quiet_alembic() -> Iterator[None]:
 
 
 async def status(url: str, schema: str, needed: Sequence[str]) -> Status:
-    """Where the store at `url` (and `schema`) stands for the branches `needed`; changes nothing."""
-    engine = schema_engine(url, schema=schema)
+    """Where the store at `url` (and `schema`) stands for the branches `needed`; changes nothing,
+    creates nothing (a SQLite file that does not exist is `missing`), and takes no write lock (a
+    read transaction: `upgrade` reads the revision again under its lock)."""
+    missing = sqlite_file(url)
+    if missing is not None and not missing.exists():
+        heads = {name: known_branches()[name].head for name in needed}
+        return Status(dict.fromkeys(needed), heads, missing=str(missing))
+    engine = schema_engine(url, schema=schema, write=False)
     try:
         async with engine.connect() as conn:
             with _quiet_alembic():
@@ -246,8 +263,25 @@ def _upgrade(conn: Connection, needed: tuple[str, ...], schema: str) -> Migratio
             command.stamp(alembic, known_branches()[name].base)
         for name in needed:
             command.upgrade(alembic, f"{name}@head")
+        _check_references(conn, before)
         after = _read(conn, needed, schema)
     return Migration(before, after)
+
+
+def _check_references(conn: Connection, before: Status) -> None:
+    """SQLite: the revisions ran with foreign keys off (so that they can rebuild a table others
+    refer to); before the commit, every reference must hold again, else the whole run rolls back.
+    (PostgreSQL checks each statement itself.)"""
+    if conn.dialect.name != "sqlite":
+        return
+    broken = conn.exec_driver_sql("PRAGMA foreign_key_check").all()  # (table, rowid, parent, fk id)
+    if broken:
+        pairs = sorted({(str(row[0]), str(row[2])) for row in broken})
+        named = "; ".join(f"rows of {table} refer to missing rows of {parent}" for table, parent in pairs)
+        raise StoreVersionError(
+            f"the migration would leave broken references ({named}): rolled back, "
+            f"the store is still at revision {before.at()}"
+        )
 
 
 def _read(conn: Connection, needed: tuple[str, ...], schema: str) -> Status:

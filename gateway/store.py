@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from urllib.parse import quote
 
 import anyio.to_thread
 from anyio import CapacityLimiter
@@ -450,21 +451,57 @@ def _tune_sqlite(engine: Engine, *, begin: str | None) -> None:
             conn.exec_driver_sql(begin)
 
 
-def schema_engine(url: str, *, schema: str = "") -> AsyncEngine:
+def _tune_schema_sqlite(engine: Engine, *, begin: str) -> None:
+    """Schema work's SQLite connections: as the store's (WAL, `synchronous=FULL`, SQLAlchemy begins
+    with `begin`) but with foreign keys off. SQLite ignores `PRAGMA foreign_keys` inside a
+    transaction, so a revision could not turn them off itself, and rebuilding a table others
+    refer to (`op.batch_alter_table`: copy, drop, rename) would fail on the DROP. The migration
+    checks the references itself before it commits (`PRAGMA foreign_key_check`,
+    `gateway.schema_versions`)."""
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA foreign_keys=OFF")
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        conn.exec_driver_sql(begin)
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The absolute path of the file a SQLite URL names (None: not SQLite, or in memory)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
+        return None
+    return Path(parsed.database).resolve()
+
+
+def schema_engine(url: str, *, schema: str = "", write: bool = True) -> AsyncEngine:
     """An engine for schema work (migrations and their checks), one unpooled connection at a time.
 
-    SQLite is prepared as the store's (the file 0600 in a 0700 folder, WAL, writers `BEGIN
-    IMMEDIATE`, so that two processes migrating at once take turns). PostgreSQL gets `schema` alone
-    on its search path from the connection's first moment: unqualified DDL, Alembic's version table
+    SQLite, `write` (migrating): the file is made as the store's (0600 in a 0700 folder) and
+    transactions begin IMMEDIATE, so that two processes migrating at once take turns. Not `write`
+    (status checks): the file is opened, never made (a URI filename with `mode=rw`), and
+    transactions are plain deferred reads, which never wait behind a busy gateway's writer (WAL).
+    Either way foreign keys are off (see `_tune_schema_sqlite`). PostgreSQL gets `schema` alone on
+    its search path from the connection's first moment: unqualified DDL, Alembic's version table
     and reflection then all live in that schema (`schema_translate_map`, which the store uses,
     does not reach reflection, and the dialect learns its default schema on first connect).
     """
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
-        if parsed.database and parsed.database != ":memory:":
-            _private_database(Path(parsed.database))
+        path = sqlite_file(url)
+        if path is not None and write:
+            _private_database(path)
+        elif path is not None:
+            parsed = parsed.set(database=f"file:{quote(str(path))}").update_query_dict({"mode": "rw", "uri": "true"})
         engine = create_async_engine(parsed, connect_args={"timeout": BUSY_TIMEOUT_SECONDS}, poolclass=NullPool)
-        _tune_sqlite(engine.sync_engine, begin="BEGIN IMMEDIATE")
+        _tune_schema_sqlite(engine.sync_engine, begin="BEGIN IMMEDIATE" if write else "BEGIN")
         return engine
     quoted = '"' + schema.replace('"', '""') + '"'
     connect_args = {"server_settings": {"search_path": quoted}} if schema else {}

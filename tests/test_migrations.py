@@ -6,9 +6,12 @@ it is the embedded SQLite default. Stores made before migrations are adopted whe
 from __future__ import annotations
 
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
@@ -128,8 +131,10 @@ async def test_the_comparison_sees_a_difference(database: Database) -> None:
 async def test_migrate_from_empty(store_env: dict[str, str], database: Database) -> None:
     checked = await gateway(store_env, "migrate", "--check")
     assert checked.returncode == 1
+    where = "does not exist (no file {})".format(database.url.removeprefix("sqlite+aiosqlite:///"))
     assert one_line(checked.stdout) == (
-        "the store is at revision none, the code needs trail_0001, engine_0001: run `gateway migrate`"
+        f"the store {where if database.kind == 'sqlite' else 'is at revision none'}, "
+        "the code needs trail_0001, engine_0001: run `gateway migrate`"
     )
     migrated = await gateway(store_env, "migrate")
     assert migrated.returncode == 0, migrated.stderr
@@ -162,6 +167,48 @@ async def test_migrate_from_the_first_revision_keeps_the_data(store_env: dict[st
     count = await on_store(database, lambda conn: conn.execute(select(func.count()).select_from(study_modes)).scalar())
     assert count
     assert (await gateway(store_env, "migrate", "--check")).returncode == 0
+
+
+async def test_read_only_commands_make_no_sqlite_file(env: dict[str, str], tmp_path: Path) -> None:
+    """`migrate --check` and `audit` on a SQLite store that was never made say so, and make nothing
+    (neither the file nor its folder)."""
+    data = Path(env["GATEWAY_DATA_DIR"])
+    checked = await gateway(env, "migrate", "--check")
+    assert checked.returncode == 1
+    assert one_line(checked.stdout) == (
+        f"the store does not exist (no file {data / 'gateway.sqlite3'}), the code needs trail_0001, engine_0001: "
+        "run `gateway migrate`"
+    )
+    elsewhere = tmp_path / "elsewhere" / "store.sqlite3"
+    named = {**env, "GATEWAY_DATABASE_URL": f"sqlite+aiosqlite:///{elsewhere}"}
+    for args in (("migrate", "--check"), ("audit", "verify"), ("audit", "head")):
+        done = await gateway(named, *args)
+        line = one_line(done.stdout if args[0] == "migrate" else done.stderr)
+        assert done.returncode == (1 if args[0] == "migrate" else 2), line
+        assert f"the store does not exist (no file {elsewhere})" in line
+    assert not await anyio.Path(data).exists()
+    assert not await anyio.Path(elsewhere.parent).exists()
+
+
+async def test_check_reads_beside_a_busy_writer(env: dict[str, str], tmp_path: Path) -> None:
+    """A gateway holding SQLite's write lock does not hold up `migrate --check` or `audit`: they read
+    in a plain read transaction (only `gateway migrate` takes the lock). The folder's name needs
+    quoting in SQLite's URI filename."""
+    path = tmp_path / "a store #1 100%" / "store.sqlite3"
+    store_env = {**env, "GATEWAY_DATABASE_URL": f"sqlite+aiosqlite:///{path}"}
+    assert (await gateway(store_env, "migrate")).returncode == 0
+    writer = sqlite3.connect(path, isolation_level=None)
+    try:
+        writer.execute("BEGIN IMMEDIATE")  # as the gateway's writer holds it during a batch
+        writer.execute("DELETE FROM rate_counters")
+        checked = await gateway(store_env, "migrate", "--check")
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+        assert one_line(checked.stdout) == "the store is at revision trail_0001, engine_0001: up to date"
+        verified = await gateway(store_env, "audit", "verify")
+        assert verified.returncode == 0, verified.stderr
+        writer.execute("ROLLBACK")
+    finally:
+        writer.close()
 
 
 async def test_check_is_behind_until_every_needed_branch_is_migrated(
@@ -372,3 +419,108 @@ def test_the_asgi_factory_migrates_the_embedded_default(env: dict[str, str]) -> 
         recorded = {row[0] for row in conn.execute("SELECT version_num FROM alembic_version")}
     conn.close()
     assert recorded == set(FIRST.values())
+
+
+# A later revision on SQLite: rebuilding a table others refer to (foreign keys off while the
+# revisions run), and a revision that breaks a reference (caught before the commit, rolled back).
+# The revisions are written into a copy of the script folder, never into gateway/migrations.
+
+REBUILD = """
+import sqlalchemy as sa
+from alembic import op
+
+revision = "engine_0002"
+down_revision = "engine_0001"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    # recreate="always": SQLite would add a nullable column in place; a rebuild (copy, drop,
+    # rename) is what any other change to the table needs, and what subjects and devices refer to.
+    with op.batch_alter_table("study_modes", recreate="always") as batch:
+        batch.add_column(sa.Column("note", sa.String(10), nullable=True))
+"""
+
+DANGLING = (
+    REBUILD
+    + """
+    # Deletes a study that subjects still refer to: caught before the commit, so nothing of this
+    # revision (not even the rebuild above) stays.
+    op.execute("DELETE FROM study_modes WHERE study_id = (SELECT MIN(study_id) FROM subjects)")
+"""
+)
+
+
+@pytest.fixture
+def later_revision(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[str], None]]:
+    """Write a revision module into a copy of the script folder, which the migrations then use."""
+    scripts = tmp_path / "migrations"
+    shutil.copytree(schema_versions.SCRIPTS, scripts, ignore=shutil.ignore_patterns("__pycache__"))
+
+    def write(source: str) -> None:
+        (scripts / "versions" / "engine_0002_later.py").write_text(source)
+        monkeypatch.setattr(schema_versions, "SCRIPTS", scripts)
+        schema_versions.known_branches.cache_clear()
+
+    yield write
+    monkeypatch.undo()
+    schema_versions.known_branches.cache_clear()
+
+
+async def migrated_with_demo_data(database: Database) -> None:
+    await schema_versions.upgrade(database.url, database.schema, (TRAIL, ENGINE))
+    store = await Store.open(database.url, schema=database.schema, create=False)
+    try:
+        await seed(store, load_registry(DEMO_REGISTRY))
+    finally:
+        await store.close()
+
+
+@dataclass(frozen=True)
+class EngineTables:
+    """What a later revision may change: each engine table's row count, study_modes' columns, the version."""
+
+    rows: dict[str, int]
+    study_modes_columns: frozenset[str]
+    version: frozenset[str]
+
+
+def engine_tables(conn: Connection) -> EngineTables:
+    rows = {name: int(conn.execute(text(f"SELECT COUNT(*) FROM {name}")).scalar_one()) for name in ENGINE_TABLES}
+    columns = frozenset(column["name"] for column in inspect(conn).get_columns("study_modes"))
+    return EngineTables(rows, columns, frozenset(versions(conn)))
+
+
+@pytest.mark.parametrize("database", ["sqlite"], indirect=True)
+async def test_a_revision_rebuilds_a_table_others_refer_to(
+    database: Database, later_revision: Callable[[str], None]
+) -> None:
+    await migrated_with_demo_data(database)
+    before = await on_store(database, engine_tables)
+    assert isinstance(before, EngineTables)
+    assert all(before.rows[name] for name in ("study_modes", "subjects", "devices"))  # the demo data
+    later_revision(REBUILD)
+    done = await schema_versions.upgrade(database.url, database.schema, (TRAIL, ENGINE))
+    assert done.line() == "the store is migrated from revision trail_0001, engine_0001 to trail_0001, engine_0002"
+    after = await on_store(database, engine_tables)
+    assert after == EngineTables(
+        before.rows, before.study_modes_columns | {"note"}, frozenset({"trail_0001", "engine_0002"})
+    )
+    assert await on_store(database, lambda conn: conn.exec_driver_sql("PRAGMA foreign_key_check").all()) == []
+
+
+@pytest.mark.parametrize("database", ["sqlite"], indirect=True)
+async def test_a_revision_that_breaks_a_reference_rolls_back(
+    database: Database, later_revision: Callable[[str], None]
+) -> None:
+    await migrated_with_demo_data(database)
+    before = await on_store(database, engine_tables)
+    later_revision(DANGLING)
+    with pytest.raises(schema_versions.StoreVersionError) as refused:
+        await schema_versions.upgrade(database.url, database.schema, (TRAIL, ENGINE))
+    line = str(refused.value)
+    assert line.startswith("the migration would leave broken references (rows of ")
+    assert "refer to missing rows of study_modes" in line
+    assert line.endswith("rolled back, the store is still at revision trail_0001, engine_0001")
+    assert await on_store(database, engine_tables) == before  # the rows, the table as it was, the version
