@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -221,11 +222,13 @@ async def test_waiting_calls_get_their_turn_and_never_exceed_the_limit() -> None
 # /readyz
 
 
-async def test_readyz_shows_the_breaker() -> None:
+async def test_readyz_shows_the_breaker(tmp_path: Path) -> None:
     clock = Ticker()
     upstream = ScriptedUpstream(handler=UNAVAILABLE)
     async with serve_scripted(upstream) as (_, url):
-        settings = upstream_settings(url, upstream_breaker_failure_threshold=1)
+        # The app's store and data folder in the test's own folder, not the working directory's ./data.
+        store = {"data_dir": str(tmp_path), "database_url": f"sqlite+aiosqlite:///{tmp_path / 'store.sqlite3'}"}
+        settings = upstream_settings(url, upstream_breaker_failure_threshold=1, **store)
         async with httpx.AsyncClient(base_url=url) as http:
             client = UpstreamClient.from_settings(settings.upstream, http, clock=clock)
             async with run_server(create_app(settings, backend=client)) as gateway, httpx.AsyncClient() as probe:
