@@ -14,6 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from gateway.app import create_app
 from gateway.settings import Settings
 from tests import demo
+from tests.upstream_servers import ScriptedUpstream, answer, credentials_body, serve_scripted, upstream_settings
 from tests.utils import free_port, run_server, serving
 
 pytestmark = pytest.mark.anyio
@@ -119,3 +120,26 @@ def test_counts_add_up_across_workers(env: dict[str, str]) -> None:
             device = [v for (name, labels), v in scraped.items() if name == "gateway_requests_total"]
             assert sum(device) == sent
             assert value(scraped, "gateway_request_duration_seconds_count", face="device") == sent
+
+
+async def test_upstream_calls_and_the_breaker(tmp_path: Path) -> None:
+    """Upstream mode: each call counted by the upstream's status, and the breaker's gauge at 1 once a
+    failure opens it (threshold 1 here), with no label naming anyone."""
+    upstream = ScriptedUpstream(handler=answer(200, credentials_body()))
+    async with serve_scripted(upstream) as (_, url):
+        store = {"data_dir": str(tmp_path), "database_url": f"sqlite+aiosqlite:///{tmp_path / 'store.sqlite3'}"}
+        settings = upstream_settings(url, insecure_disable_auth=True, upstream_breaker_failure_threshold=1, **store)
+        async with run_server(create_app(settings)) as gateway_url, httpx.AsyncClient(base_url=gateway_url) as client:
+            _, before = await scrape(gateway_url)
+            assert (await demo.regenerate(client))["__typename"] == "BootstrapCredentials"
+            upstream.handler = answer(503, {"message": "maintenance"})
+            assert (await demo.regenerate(client))["__typename"] == "UpstreamUnavailableError"
+            text, after = await scrape(gateway_url)
+    moved = {key: after[key] - before.get(key, 0.0) for key in after if key[0] == "gateway_upstream_requests_total"}
+    assert {labels: n for (_, labels), n in moved.items() if n} == {
+        frozenset({("status", "200")}): 1.0,
+        frozenset({("status", "503")}): 1.0,
+    }
+    assert value(after, "gateway_upstream_circuit_open") == 1.0
+    for identifier in (demo.STUDY, demo.SUBJECT, demo.READY_DEVICE, "MSUBJECT-001"):
+        assert identifier not in text

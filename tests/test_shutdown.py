@@ -20,11 +20,15 @@ import httpx
 import pytest
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from starlette.types import Receive, Scope, Send
 
+from gateway.app import create_app
 from gateway.shutdown import ShutdownSignal
+from gateway.state import AppState
 from tests import demo
+from tests.test_upstream_parity import base_settings
 from tests.upstream_servers import ScriptedUpstream, credentials_body, serve_scripted
-from tests.utils import free_port
+from tests.utils import free_port, run_server
 
 BOUND = 3
 """`GATEWAY_SHUTDOWN_TIMEOUT_SECONDS` in these tests."""
@@ -176,3 +180,26 @@ def test_the_flag_goes_up_before_the_handler_it_chains() -> None:
         signal.signal(signal.SIGTERM, before)
     assert seen == [True]
     assert flag.started
+
+
+@pytest.mark.anyio
+async def test_readyz_answers_503_once_the_flag_is_up(tmp_path: Path) -> None:
+    """The half of the drain a real SIGTERM makes racy to watch (uvicorn closes idle connections on
+    its next tick, 0.1 s): the app, through its lifespan, with its shutdown flag raised as the
+    signal handler raises it (`test_the_flag_goes_up_before_the_handler_it_chains`)."""
+    app = create_app(base_settings(tmp_path))
+    states: list[AppState] = []
+
+    async def recording(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            states.append(scope["state"])
+        await app(scope, receive, send)
+
+    async with run_server(recording) as base, httpx.AsyncClient(base_url=base) as client:
+        assert (await client.get("/readyz")).status_code == 200
+        states[-1]["shutdown"].started = True
+        draining = await client.get("/readyz")
+        alive = await client.get("/healthz")
+    assert draining.status_code == 503
+    assert draining.json() == {"status": "unavailable", "backend": "local", "shutting_down": True}
+    assert alive.status_code == 200  # liveness holds while the drain runs
