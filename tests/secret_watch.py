@@ -1,30 +1,39 @@
-"""A pytest plugin that watches the whole test run for leaked OTPs.
+"""A pytest plugin that watches the whole test run for leaked OTPs and bearer tokens.
 
 Every OTP the credential engine draws during the run is recorded (by wrapping
-`gateway.engine.otp.new_otp`), every log record of the run is kept as formatted text (the
-gateway's loggers at DEBUG, tracebacks included), and at the end no recorded OTP may appear in
-those lines or in any SQLite file the tests left behind. A leak fails the run.
+`gateway.engine.otp.new_otp`), and every token signed in the run (by wrapping PyJWT's
+`jwt.encode`, which `gateway token` and the tests' token helpers use); every log record of the run
+is kept as formatted text (the gateway's loggers at DEBUG, tracebacks included). At the end no
+recorded OTP or token, and no `Authorization: Bearer` header, may appear in those lines, nor an
+OTP or token in any SQLite file the tests left behind. A leak fails the run.
 
-A test that runs a gateway in another process hands over what it saw: `watch(otp)` for the OTPs
-it was given, `keep(lines)` for the log lines that process wrote.
+A test that runs a gateway in another process hands over what it saw: `watch(secret)` for the OTPs
+(or tokens) it was given, `keep(lines)` for the log lines that process wrote.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
+from typing import Any
 
+import jwt
 import pytest
 
 from gateway.engine import otp
 
 ISSUED: set[str] = set()
+TOKENS: set[str] = set()
 LINES: list[str] = []
+AUTHORIZATION_HEADER = re.compile(r"authorization['\"]?\s*[:=,]\s*['\"]?bearer\s+[\w.~+/=-]{8,}", re.IGNORECASE)
+"""An Authorization header with a credential in it (not a `Bearer <token>` placeholder of a hint)."""
 
 
-def watch(otp: str) -> None:
-    """An OTP drawn in another process (a `gateway serve` a test ran): watched like the run's own."""
-    ISSUED.add(otp)
+def watch(secret: str) -> None:
+    """An OTP (or a token) another process gave a test (a `gateway serve` it ran): watched like the
+    run's own."""
+    (TOKENS if secret.count(".") == 2 else ISSUED).add(secret)
 
 
 def keep(lines: list[str]) -> None:
@@ -46,6 +55,14 @@ def pytest_configure(config: pytest.Config) -> None:
         return otp
 
     otp.new_otp = recording_new_otp
+    encode = jwt.encode
+
+    def recording_encode(*args: Any, **kwargs: Any) -> str:
+        token = encode(*args, **kwargs)
+        TOKENS.add(token)
+        return token
+
+    jwt.encode = recording_encode
     handler = _Keep(level=logging.DEBUG)
     handler.setFormatter(logging.Formatter("%(name)s %(levelname)s %(message)s"))
     logging.getLogger().addHandler(handler)
@@ -58,16 +75,22 @@ def _database_files(config: pytest.Config) -> list[Path]:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    if not ISSUED:
+    if not ISSUED and not TOKENS:
         return
     files = _database_files(session.config)
     text = "\n".join(LINES)
     leaks = [f"an OTP issued in the run is in the logs: {otp[:2]}…" for otp in ISSUED if otp in text]
+    leaks += [f"a token signed in the run is in the logs: {token[:8]}…" for token in TOKENS if token in text]
+    leaks += [f"an Authorization header is in the logs: {m.group()[:24]}…" for m in AUTHORIZATION_HEADER.finditer(text)]
     for path in files:
         data = path.read_bytes()
         leaks += [f"an OTP issued in the run is in {path.name}" for otp in ISSUED if otp.encode() in data]
+        leaks += [f"a token signed in the run is in {path.name}" for token in TOKENS if token.encode() in data]
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
-    summary = f"secret watch: {len(ISSUED)} OTPs issued; checked {len(LINES)} log lines and {len(files)} database files"
+    summary = (
+        f"secret watch: {len(ISSUED)} OTPs issued, {len(TOKENS)} tokens signed; "
+        f"checked {len(LINES)} log lines and {len(files)} database files"
+    )
     if reporter is not None:
         reporter.write_line(summary + ("" if not leaks else f": {len(leaks)} LEAKS"))
         for leak in leaks[:20]:
