@@ -423,7 +423,7 @@ class SqliteEngines:
         return cls(engine, writer, reader, waiting_reader)
 
 
-def _tune_sqlite(engine: Engine, *, begin: str | None) -> None:
+def _tune_sqlite(engine: Engine, *, begin: str | None, foreign_keys: bool = True) -> None:
     """Let SQLAlchemy, not the driver, begin transactions, with `begin` (None: reads in autocommit).
 
     Writers begin IMMEDIATE: pysqlite's own BEGIN is deferred, and two transactions that read
@@ -433,6 +433,11 @@ def _tune_sqlite(engine: Engine, *, begin: str | None) -> None:
     the write lock. WAL lets readers run beside a writer; `synchronous=FULL` makes every commit
     durable on power loss (WAL's NORMAL may lose the last commits), and group commit keeps its
     cost at one sync per batch.
+
+    Schema work turns `foreign_keys` off: SQLite ignores `PRAGMA foreign_keys` inside a
+    transaction, so a revision could not turn them off itself, and rebuilding a table others refer
+    to (`op.batch_alter_table`: copy, drop, rename) would fail on the DROP. The migration checks the
+    references itself before it commits (`PRAGMA foreign_key_check`, `gateway.schema_versions`).
     """
 
     @event.listens_for(engine, "connect")
@@ -440,7 +445,7 @@ def _tune_sqlite(engine: Engine, *, begin: str | None) -> None:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA foreign_keys={'ON' if foreign_keys else 'OFF'}")
         cursor.execute("PRAGMA synchronous=FULL")
         cursor.close()
 
@@ -449,28 +454,6 @@ def _tune_sqlite(engine: Engine, *, begin: str | None) -> None:
         @event.listens_for(engine, "begin")
         def _on_begin(conn: Any) -> None:
             conn.exec_driver_sql(begin)
-
-
-def _tune_schema_sqlite(engine: Engine, *, begin: str) -> None:
-    """Schema work's SQLite connections: as the store's (WAL, `synchronous=FULL`, SQLAlchemy begins
-    with `begin`) but with foreign keys off. SQLite ignores `PRAGMA foreign_keys` inside a
-    transaction, so a revision could not turn them off itself, and rebuilding a table others
-    refer to (`op.batch_alter_table`: copy, drop, rename) would fail on the DROP. The migration
-    checks the references itself before it commits (`PRAGMA foreign_key_check`,
-    `gateway.schema_versions`)."""
-
-    @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-        dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA foreign_keys=OFF")
-        cursor.execute("PRAGMA synchronous=FULL")
-        cursor.close()
-
-    @event.listens_for(engine, "begin")
-    def _on_begin(conn: Any) -> None:
-        conn.exec_driver_sql(begin)
 
 
 def sqlite_file(url: str) -> Path | None:
@@ -488,7 +471,7 @@ def schema_engine(url: str, *, schema: str = "", write: bool = True) -> AsyncEng
     transactions begin IMMEDIATE, so that two processes migrating at once take turns. Not `write`
     (status checks): the file is opened, never made (a URI filename with `mode=rw`), and
     transactions are plain deferred reads, which never wait behind a busy gateway's writer (WAL).
-    Either way foreign keys are off (see `_tune_schema_sqlite`). PostgreSQL gets `schema` alone on
+    Either way foreign keys are off (see `_tune_sqlite`). PostgreSQL gets `schema` alone on
     its search path from the connection's first moment: unqualified DDL, Alembic's version table
     and reflection then all live in that schema (`schema_translate_map`, which the store uses,
     does not reach reflection, and the dialect learns its default schema on first connect).
@@ -501,7 +484,7 @@ def schema_engine(url: str, *, schema: str = "", write: bool = True) -> AsyncEng
         elif path is not None:
             parsed = parsed.set(database=f"file:{quote(str(path))}").update_query_dict({"mode": "rw", "uri": "true"})
         engine = create_async_engine(parsed, connect_args={"timeout": BUSY_TIMEOUT_SECONDS}, poolclass=NullPool)
-        _tune_schema_sqlite(engine.sync_engine, begin="BEGIN IMMEDIATE" if write else "BEGIN")
+        _tune_sqlite(engine.sync_engine, begin="BEGIN IMMEDIATE" if write else "BEGIN", foreign_keys=False)
         return engine
     quoted = '"' + schema.replace('"', '""') + '"'
     connect_args = {"server_settings": {"search_path": quoted}} if schema else {}
