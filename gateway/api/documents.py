@@ -17,8 +17,8 @@ long: memory stays bounded whatever callers send. Longer documents are prepared 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Collection, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass, field
 
 from graphql import (
     ASTValidationRule,
@@ -34,6 +34,9 @@ from strawberry.schema.exceptions import CannotGetOperationTypeError
 from strawberry.types.graphql import OperationType
 
 from gateway.api.guards import without_suggestions
+from gateway.api.plans import Plan
+
+Planner = Callable[[DocumentNode, str | None], Plan | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +50,8 @@ class PreparedDocument:
     """The parse error, or the validation errors (suggestions removed); empty when valid."""
     operations: Mapping[str | None, OperationType]
     """Each named operation's type; `None` maps to the first operation's."""
+    plans: dict[str | None, Plan | None] = field(default_factory=dict, compare=False)
+    """Each operation's plan once asked for (None: it has none), by the name the request gave."""
 
     def operation_type(self, operation_name: str | None) -> OperationType:
         """What Strawberry's `get_operation_type` says, from the cached table."""
@@ -79,6 +84,8 @@ CACHEABLE_CHARACTERS = 4096
 class CacheInfo:
     hits: int
     misses: int
+    planned: int
+    """Hits answered by the document's plan (`gateway.api.plans`) rather than the executor."""
     documents: int
     """Documents held now, at most `bound`."""
     bound: int
@@ -95,13 +102,15 @@ class DocumentCache:
         rules: Collection[type[ASTValidationRule]],
         max_tokens: int,
         size: int,
+        planner: Planner | None = None,
     ) -> None:
         self.schema = schema
+        self.planner = planner
         self.guards = guards
         self.rules = tuple(rules)
         self.max_tokens = max_tokens
         self.size = size
-        self.hits = self.misses = 0
+        self.hits = self.misses = self.planned = 0
         self._documents: OrderedDict[str, PreparedDocument] = OrderedDict()
 
     def get(self, text: str) -> PreparedDocument:
@@ -133,11 +142,41 @@ class DocumentCache:
             found.message = without_suggestions(found.message)
         return PreparedDocument(document, tuple(errors), _operations(document))
 
+    def plan_of(self, text: str, operation_name: str | None) -> Plan | None:
+        """The plan of a cached document's operation (`gateway.api.plans`); None when the document
+        is not cached, is refused or has no plan (`get` is asked next). Counts nothing: a plan that
+        answers is counted by `answered_by_plan`."""
+        prepared = self._documents.get(text)
+        if prepared is None:
+            return None
+        found = self._plan(prepared, operation_name)
+        if found is not None:
+            self._documents.move_to_end(text)
+        return found
+
+    def answered_by_plan(self) -> None:
+        """Count a request answered by a cached document's plan: a hit."""
+        self.hits += 1
+        self.planned += 1
+
+    def _plan(self, prepared: PreparedDocument, operation_name: str | None) -> Plan | None:
+        if self.planner is None or prepared.document is None or prepared.errors:
+            return None
+        if operation_name not in prepared.operations:  # an unknown name is the executor's error to report
+            return None
+        try:
+            return prepared.plans[operation_name]
+        except KeyError:
+            made = prepared.plans[operation_name] = self.planner(prepared.document, operation_name)
+            return made
+
     def __contains__(self, text: object) -> bool:
         return text in self._documents
 
     def info(self) -> CacheInfo:
-        return CacheInfo(hits=self.hits, misses=self.misses, documents=len(self._documents), bound=self.size)
+        return CacheInfo(
+            hits=self.hits, misses=self.misses, planned=self.planned, documents=len(self._documents), bound=self.size
+        )
 
     def clear(self) -> None:
         self._documents.clear()

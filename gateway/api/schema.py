@@ -41,6 +41,7 @@ from gateway import __version__, logs
 from gateway.api.context import Context, Info
 from gateway.api.documents import DocumentCache
 from gateway.api.guards import DocumentLimits, GuardWork, document_guards, without_suggestions
+from gateway.api.plans import Plan, PlannedResolvers, plan
 from gateway.api.types import (
     BackendKind,
     BootstrapCredentials,
@@ -73,6 +74,23 @@ class Query:
         )
 
 
+async def regenerate_access_code(context: Context, input: RegenerateAccessCodeInput) -> RegenerateAccessCodeResult:
+    """`Mutation.regenerateAccessCode`: the service's answer as a union member (the resolver and the
+    operation's plan both call this)."""
+    started = time.perf_counter()
+    try:
+        credentials = await context.service.regenerate(input.to_request(), context.caller)
+    except Refusal as refusal:
+        error = render_refusal(refusal)
+        logs.note_outcome(error)
+        observe_request("graphql", _typename(error), time.perf_counter() - started)
+        return error  # type: ignore[return-value]
+    observe_request("graphql", "BootstrapCredentials", time.perf_counter() - started)
+    answer = BootstrapCredentials.from_domain(credentials)
+    logs.note_outcome(answer)
+    return answer
+
+
 @strawberry.type(description="Operations that change state.")
 class Mutation:
     @strawberry.mutation(
@@ -82,18 +100,11 @@ class Mutation:
         )
     )
     async def regenerate_access_code(self, info: Info, input: RegenerateAccessCodeInput) -> RegenerateAccessCodeResult:
-        started = time.perf_counter()
-        try:
-            credentials = await info.context.service.regenerate(input.to_request(), info.context.caller)
-        except Refusal as refusal:
-            error = render_refusal(refusal)
-            logs.note_outcome(error)
-            observe_request("graphql", _typename(error), time.perf_counter() - started)
-            return error  # type: ignore[return-value]
-        observe_request("graphql", "BootstrapCredentials", time.perf_counter() - started)
-        answer = BootstrapCredentials.from_domain(credentials)
-        logs.note_outcome(answer)
-        return answer
+        return await regenerate_access_code(info.context, input)
+
+
+PLANNED: PlannedResolvers = {("Mutation", "regenerateAccessCode"): regenerate_access_code}
+"""The root fields an operation's plan may call (`gateway.api.plans`): the hot one."""
 
 
 def _typename(member: object) -> str:
@@ -169,6 +180,7 @@ class GatewaySchema(strawberry.Schema):
             rules=rules,
             max_tokens=settings.max_tokens,
             size=settings.document_cache_size,
+            planner=lambda document, name: plan(self, document, name, PLANNED),
         )
 
     def process_errors(self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None) -> None:
@@ -285,13 +297,17 @@ class GatewaySchema(strawberry.Schema):
         if self.tracing is None:
             return await self._execute(*args, **kwargs)
         with self.tracing.operation():
-            result = await self._execute(*args, **kwargs)
-            entry = logs.current.get()
-            if entry is not None and entry.outcome is not None:
-                self.tracing.note("gateway.outcome", entry.outcome)  # the union member's __typename
-            if result.errors:
-                self.tracing.note("gateway.graphql.errors", len(result.errors))
-            return result
+            return self._noted(self.tracing, await self._execute(*args, **kwargs))
+
+    @staticmethod
+    def _noted(tracing: Tracing, result: ExecutionResult) -> ExecutionResult:
+        """`result`, its outcome noted on the operation's span (the union member's `__typename`)."""
+        entry = logs.current.get()
+        if entry is not None and entry.outcome is not None:
+            tracing.note("gateway.outcome", entry.outcome)
+        if result.errors:
+            tracing.note("gateway.graphql.errors", len(result.errors))
+        return result
 
     async def _execute(self, *args: Any, **kwargs: Any) -> ExecutionResult:
         context_value, outcome = self._start(*args, **kwargs)
@@ -314,6 +330,25 @@ class GatewaySchema(strawberry.Schema):
                 close()
             return self._unexpected(RuntimeError("GraphQL execution failed to complete synchronously."), context_value)
         return self._finish(outcome, context_value)
+
+    def plan(self, query: str, operation_name: str | None) -> Plan | None:
+        """The plan of a cached document's operation (`gateway.api.plans`); None when it has none,
+        or when the document is not in the cache (`execute` prepares it, and caches it when it may)."""
+        return self.documents.plan_of(query, operation_name)
+
+    async def run_plan(self, plan: Plan, variables: dict[str, Any] | None, context: Context) -> ExecutionResult | None:
+        """The operation run by its plan, finished as `execute` finishes the executor's result (errors
+        logged and masked, in a span with tracing on); None when the variables do not fit (the
+        executor's path reports that)."""
+        coerced = plan.coerce(self._schema, variables)
+        if coerced is None:
+            return None
+        self.documents.answered_by_plan()
+        if self.tracing is None:
+            return self._finish(await plan.run(context, coerced), context)
+        with self.tracing.operation():
+            self.tracing.describe_operation(plan.operation_type, plan.root_fields)
+            return self._noted(self.tracing, self._finish(await plan.run(context, coerced), context))
 
     async def subscribe(self, *args: Any, **kwargs: Any) -> NoReturn:
         raise NotImplementedError("the gateway has no subscriptions")

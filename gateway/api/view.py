@@ -25,10 +25,10 @@ from cross_web import AsyncHTTPRequestAdapter, HTTPException
 from starlette.datastructures import Headers, QueryParams
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
-from strawberry.http import GraphQLHTTPResponse, GraphQLRequestData
+from strawberry.http import GraphQLHTTPResponse, GraphQLRequestData, process_result
 from strawberry.http.base import BaseRequestProtocol
 from strawberry.schema.exceptions import InvalidOperationTypeError
 from strawberry.types import ExecutionResult
@@ -57,6 +57,27 @@ def request_error(status: int, message: str, code: str | None = None) -> JSONRes
     if code is not None:
         error["extensions"] = {"code": code}
     return JSONResponse({"errors": [error]}, status_code=status, headers={"Cache-Control": "no-store"})
+
+
+_REQUEST_KEYS = ("query", "operationName", "variables", "extensions")
+
+
+def _optional(value: object, kind: type) -> bool:
+    return value is None or isinstance(value, kind)
+
+
+def _replay(body: bytes) -> Receive:
+    """A `receive` that hands over a body already read, then waits for the disconnect."""
+    sent = False
+
+    async def receive() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return {"type": "http.disconnect"}
+
+    return receive
 
 
 _EXCHANGE = "gateway.graphql_exchange"
@@ -132,10 +153,15 @@ class GraphQLView(GraphQL[Context, None]):
         elif scope["method"] == "POST" and media_type != JSON:
             response = request_error(415, "GraphQL requests must be POSTed as application/json")
         else:
+            planned: Response | None = None
+            if scope["method"] == "POST":  # and so application/json
+                body = await Request(scope, receive).body()
+                planned = await self._planned(scope, body)
+                receive = _replay(body)
             if media_type == JSON:  # media types are case-insensitive; Strawberry's check is not
                 scope = _with_content_type(scope, JSON)
             scope[_EXCHANGE] = exchange
-            response = await self._answer(scope, receive, exchange)
+            response = planned or await self._answer(scope, receive, exchange)
         if exchange.media_type == GRAPHQL_RESPONSE_JSON and response.headers.get("content-type", "").startswith(JSON):
             response.headers["content-type"] = f"{GRAPHQL_RESPONSE_JSON}; charset=utf-8"  # GraphiQL's page stays HTML
             if exchange.request_error and response.status_code == 200:
@@ -143,6 +169,37 @@ class GraphQLView(GraphQL[Context, None]):
         # A result may carry an OTP: no cache (the browser's, a proxy's) may keep it.
         response.headers["Cache-Control"] = "no-store"
         await response(scope, receive, send)
+
+    async def _planned(self, scope: Scope, body: bytes) -> Response | None:
+        """The answer of a POSTed operation that has a plan (`gateway.api.plans`), the same answer
+        Strawberry's path gives without its general machinery; None for every other request
+        (Strawberry's path then answers it, refusals and request errors included)."""
+        try:
+            data = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return None
+        if type(data) is not dict:
+            return None
+        query, name, variables, extensions = (data.get(key) for key in _REQUEST_KEYS)
+        if not (_optional(query, str) and _optional(name, str) and _optional(variables, dict)):
+            return None
+        if not _optional(extensions, dict):
+            return None
+        try:
+            query = self.persisted.resolve(query, extensions)
+        except PersistedQueryRefused:
+            return None
+        schema: GatewaySchema = self.schema  # type: ignore[assignment]  # the one __init__ was given
+        plan = schema.plan(query, name) if query else None
+        if plan is None:
+            return None
+        request = Request(scope)
+        state = state_of(request)
+        context = Context(service=state["service"], caller=caller_of(request), settings=state["settings"])
+        result = await schema.run_plan(plan, variables, context)
+        if result is None:
+            return None
+        return Response(self.encode_json(process_result(result)), media_type=JSON)
 
     async def _answer(self, scope: Scope, receive: Receive, exchange: Exchange) -> Response:
         """Strawberry's answer, a request error as GraphQL JSON (a mutation by GET: the spec's 405
