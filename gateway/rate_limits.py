@@ -83,24 +83,23 @@ class RateLimiter:
         stmt = insert(rate_counters).values(key=bindparam("key"), window_start=now, count=1)
         # A window that has ended starts again at this attempt.
         ended = rate_counters.c.window_start <= bindparam("cutoff", type_=UTCDateTime)
-        self._hit = stmt.on_conflict_do_update(
-            index_elements=[rate_counters.c.key],
-            set_={
-                "count": case((ended, 1), else_=rate_counters.c.count + 1),
-                "window_start": case((ended, now), else_=rate_counters.c.window_start),
-            },
-        ).returning(rate_counters.c.count, rate_counters.c.window_start)
+        self._hit = PreparedStatement(
+            stmt.on_conflict_do_update(
+                index_elements=[rate_counters.c.key],
+                set_={
+                    "count": case((ended, 1), else_=rate_counters.c.count + 1),
+                    "window_start": case((ended, now), else_=rate_counters.c.window_start),
+                },
+            ).returning(rate_counters.c.count, rate_counters.c.window_start)
+        )
 
     def hit(self, connection: Connection, limit: Limit, key: str) -> Exceeded | None:
         """Count one attempt; None when it is within the limit."""
         if limit.attempts <= 0:
             return None
         now = self.clock()
-        result = connection.execute(
-            self._hit,
-            {"key": limit.key(key), "now": now, "cutoff": now - limit.window},
-        )
-        count, window_start = result.one()
+        params = {"key": limit.key(key), "now": now, "cutoff": now - limit.window}
+        [(count, window_start)] = self._hit.rows(connection, params)
         retry_after = _retry_after(limit, count, window_start, now)
         return None if retry_after is None else Exceeded(retry_after, first=count == limit.attempts + 1)
 

@@ -27,11 +27,12 @@ lock first, so batches of different replicas never wait on each other's device r
 
 **Prepared statements.** SQLAlchemy Core costs ~40 µs to execute a statement on SQLite (the
 compiled cache's lookup, the execution context, parameter and result processing) where the
-`sqlite3` driver itself takes ~7 µs. The hot statements (the rules' read of a device's facts)
-are `PreparedStatement`s: built once with Core, compiled once per dialect, and on SQLite run on
-the driver's own connection with the same type conversions Core applies. On PostgreSQL they go
-through Core (asyncpg prepares and caches them itself). Either way the caller writes the same
-line and gets the same rows.
+`sqlite3` driver itself takes ~7 µs. The hot statements (the rules' read of a device's facts, the
+rate-limit check and counts, the audit flush, the new pair) are `PreparedStatement`s: built once
+with Core, compiled once per dialect, and on SQLite run on the driver's own connection with the
+same type conversions Core applies. On PostgreSQL they go through Core (asyncpg prepares and
+caches them itself). Either way the caller writes the same line and gets the same rows. On
+SQLite the event loop's reads share one held connection, and so do the writer's batches.
 
 `Store.engine` is an async engine over the same database for everything off the hot path:
 creating tables, seeding (`transaction`), tools and tests. `schema_engine` is one for schema work
@@ -298,6 +299,8 @@ class Store:
         self._read_threads = CapacityLimiter(READERS)
         self._reader: Connection | None = None
         """SQLite: the event loop's reader connection, held from the first read to `dispose`."""
+        self._batches: Connection | None = None
+        """SQLite: the writer's connection, held from the first batch to `dispose`."""
         self.participants: list[Participant] = []
         self._queue: list[_Pending] = []
         self._writer: asyncio.Task[None] | None = None
@@ -463,14 +466,25 @@ class Store:
 
     async def _run(self, units: list[Unit[Any]]) -> Outcome:
         if self._sqlite is not None:
-            writer = self._sqlite.writer
-            return await anyio.to_thread.run_sync(self._run_on, writer, units, limiter=self._write_thread)
+            return await anyio.to_thread.run_sync(self._run_held, units, limiter=self._write_thread)
         async with self.engine.connect() as conn:
             return await conn.run_sync(self._run_batch, units)
 
-    def _run_on(self, engine: Engine, units: list[Unit[Any]]) -> Outcome:
-        with engine.connect() as conn:
+    def _run_held(self, units: list[Unit[Any]]) -> Outcome:
+        """SQLite: the batch on the writer's one connection, held from batch to batch (one batch
+        runs at a time) rather than taken from its pool and given back each time. A batch that
+        fails as a whole (its begin, a participant, the commit) gives it back; the next takes a
+        fresh one."""
+        assert self._sqlite is not None
+        conn = self._batches
+        if conn is None:
+            conn = self._batches = self._sqlite.writer.connect()
+        try:
             return self._run_batch(conn, units)
+        except BaseException:
+            self._batches = None
+            conn.close()
+            raise
 
     def _run_batch(self, conn: Connection, units: list[Unit[Any]]) -> Outcome:
         results: list[Any] = []
@@ -514,6 +528,9 @@ class Store:
 
     async def dispose(self) -> None:
         self._drop_reader()
+        batches, self._batches = self._batches, None
+        if batches is not None:
+            batches.close()
         await self.engine.dispose()
         if self._sqlite is not None:
             for engine in (self._sqlite.writer, self._sqlite.reader, self._sqlite.waiting_reader):
@@ -624,8 +641,16 @@ def _tune_sqlite(engine: Engine, *, begin: str | None, foreign_keys: bool = True
     if begin is not None:
 
         @event.listens_for(engine, "begin")
-        def _on_begin(conn: Any) -> None:
-            conn.exec_driver_sql(begin)
+        def _on_begin(conn: Connection) -> None:
+            # On the driver's cursor (`exec_driver_sql` would cost a whole execution context), its
+            # error raised as Core's would be: no write lock within the busy timeout, OperationalError.
+            cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+            try:
+                cursor.execute(begin)
+            except conn.dialect.loaded_dbapi.Error as error:
+                raise _wrapped(error, begin, (), conn.dialect) from error
+            finally:
+                cursor.close()
 
 
 def sqlite_file(url: str) -> Path | None:

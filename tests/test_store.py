@@ -8,21 +8,22 @@ import sqlite3
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Connection, bindparam, event, func, select
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy import Connection, String, bindparam, cast, event, func, insert, select
+from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError
 
+from gateway import store as store_module
 from gateway.audit import AuditEvent, AuditTrail, audit_events
 from gateway.domain import Caller, StudyMode
 from gateway.engine import tables
 from gateway.engine.engine import CredentialEngine
 from gateway.engine.tables import credentials, devices
 from gateway.rate_limits import rate_counters
-from gateway.store import PreparedStatement, Store
+from gateway.store import PreparedStatement, Store, UnitOfWork
 from tests.demo import ALL_TABLES, READY_REF, TEST_AUDIT_KEY, ref_for
 
 pytestmark = pytest.mark.anyio
@@ -73,6 +74,34 @@ async def test_a_prepared_statement_reads_what_core_reads(store: Store, engine: 
     assert issued_at.tzinfo == UTC
     assert used_at is None
     assert pair[credentials.c.keys().index("mode")] is StudyMode.ACTIVE
+
+
+async def test_a_prepared_statement_writes_what_core_writes(store: Store) -> None:
+    at = datetime(2026, 1, 1, 13, 30, 15, 123456, tzinfo=timezone(timedelta(hours=1)))  # stored as 12:30:15 UTC
+    prepared = PreparedStatement(insert(rate_counters))
+
+    def write(work: UnitOfWork) -> None:
+        prepared.execute_many(work.connection, [{"key": "prepared", "window_start": at, "count": 1}])
+        work.connection.execute(insert(rate_counters), [{"key": "core", "window_start": at, "count": 1}])
+
+    await store.submit(write)
+    stored = select(rate_counters.c.key, cast(rate_counters.c.window_start, String), rate_counters.c.window_start)
+    rows = await store.read(lambda conn: conn.execute(stored.order_by(rate_counters.c.key)).all())
+    assert [tuple(row[1:]) for row in rows] == [(rows[0][1], at)] * 2  # the same text stored, the same instant read
+
+
+async def test_a_prepared_statement_raises_what_core_raises(store: Store) -> None:
+    prepared = PreparedStatement(insert(rate_counters))
+    row = {"key": "twice", "window_start": datetime.now(UTC), "count": 1}
+
+    def twice(work: UnitOfWork) -> None:
+        prepared.execute_many(work.connection, [row, row])
+
+    with pytest.raises(IntegrityError) as raised:
+        await store.submit(twice)
+    assert "[SQL parameters hidden due to hide_parameters=True]" in str(raised.value)
+    await store.submit(lambda work: prepared.execute(work.connection, row))  # nothing of it was kept; the store goes on
+    assert await store.read(lambda conn: conn.execute(select(func.count()).select_from(rate_counters)).scalar()) == 1
 
 
 async def sqlite_store(tmp_path: Path) -> Store:
@@ -143,6 +172,26 @@ async def test_a_held_reader_that_finds_the_database_busy_is_replaced(tmp_path: 
         assert len({id(reader) for reader in readers}) == 2, "the busy reader was given back, a fresh one held"
     finally:
         event.remove(store._sqlite.reader, "before_cursor_execute", on_execute)
+        await store.close()
+
+
+async def test_a_batch_that_cannot_begin_fails_as_core_would_and_the_next_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store_module, "BUSY_TIMEOUT_SECONDS", 0.2)
+    store = await sqlite_store(tmp_path)
+    trail = AuditTrail(store, TEST_AUDIT_KEY)
+    holder = sqlite3.connect(tmp_path / "store.sqlite3", isolation_level=None)
+    try:
+        await store.submit(lambda work: trail.append(work, _event("FIRST")))
+        holder.execute("BEGIN IMMEDIATE")  # another process's writer holds the write lock
+        with pytest.raises(OperationalError, match="locked"):
+            await store.submit(lambda work: trail.append(work, _event("LOCKED OUT")))
+        holder.rollback()
+        await store.submit(lambda work: trail.append(work, _event("SECOND")))
+        assert [record.outcome for record in await trail.records()] == ["FIRST", "SECOND"]
+    finally:
+        holder.close()
         await store.close()
 
 

@@ -193,10 +193,10 @@ def replace_pair(
         "issued_at": issued_at,
         "expires_at": expires_at,
     }
-    conn.execute(_REPLACE_PAIR[conn.dialect.name], values)
+    _REPLACE_PAIR[conn.dialect.name].execute(conn, values)
 
 
-def _replace_pair(insert_: Any) -> Any:
+def _replace_pair(insert_: Any) -> PreparedStatement:
     fresh = {"used_at": None, "failed_attempts": 0, "locked_at": None}
     stmt = insert_(credentials).values(
         **{name: bindparam(name) for name in ("study_id", "mode", "inventory_id", "access_id", "otp_hash")},
@@ -205,9 +205,11 @@ def _replace_pair(insert_: Any) -> Any:
         **fresh,
     )
     replaced = {name: stmt.excluded[name] for name in ("access_id", "otp_hash", "issued_at", "expires_at")}
-    return stmt.on_conflict_do_update(
-        index_elements=[credentials.c.study_id, credentials.c.mode, credentials.c.inventory_id],
-        set_={**replaced, **fresh},
+    return PreparedStatement(
+        stmt.on_conflict_do_update(
+            index_elements=[credentials.c.study_id, credentials.c.mode, credentials.c.inventory_id],
+            set_={**replaced, **fresh},
+        )
     )
 
 
