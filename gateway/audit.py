@@ -38,7 +38,7 @@ from sqlalchemy import BigInteger, Column, Connection, Integer, String, Table, b
 
 from gateway.keyfiles import private_file
 from gateway.settings import Settings, SettingsError
-from gateway.store import Store, UnitOfWork, UTCDateTime, metadata
+from gateway.store import PreparedStatement, Store, UnitOfWork, UTCDateTime, metadata
 
 log = logging.getLogger(__name__)
 
@@ -156,13 +156,17 @@ def _fields(event: AuditEvent) -> dict[str, Any]:
     return {name: getattr(event, name) for name in _EVENT_FIELDS}
 
 
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+"""A row's canonical JSON (made once: `json.dumps` with options makes an encoder per call)."""
+
+
 def link_hash(key: bytes, prev_hash: str, seq: int, event: AuditEvent) -> str:
     """The row's link: HMAC-SHA256, keyed with the trail's key, over the previous link and the
     row's canonical JSON. Without the key nobody can forge a row or recompute the chain."""
     body = _fields(event)
     body["at"] = event.at.isoformat()
     body["seq"] = seq
-    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    canonical = _CANONICAL.encode(body)
     return hmac.new(key, f"{prev_hash}\n{canonical}".encode(), hashlib.sha256).hexdigest()
 
 
@@ -244,7 +248,7 @@ class AuditTrail:
             connection.execute(_LOCK_HEAD)
 
     def flush(self, connection: Connection, items: Sequence[object]) -> None:
-        seq, prev_hash = connection.execute(_HEAD).one()
+        [(seq, prev_hash)] = _HEAD.rows(connection)
         rows: list[dict[str, object]] = []
         for item in items:
             assert isinstance(item, Receipt)
@@ -252,8 +256,8 @@ class AuditTrail:
             digest = link_hash(self.key, prev_hash, seq, item.event)
             rows.append({**_fields(item.event), "seq": seq, "prev_hash": prev_hash, "hash": digest})
             item.seq, prev_hash = seq, digest
-        connection.execute(_INSERT, rows)
-        connection.execute(_MOVE_HEAD, {"new_seq": seq, "new_hash": prev_hash})
+        _INSERT.execute_many(connection, rows)
+        _MOVE_HEAD.execute(connection, {"new_seq": seq, "new_hash": prev_hash})
 
     async def records(self) -> list[AuditRecord]:
         """Every row in chain order, each an attempt's `PENDING` row too (one snapshot)."""
@@ -332,7 +336,7 @@ def _records(conn: Connection) -> Iterator[AuditRecord]:
 
 
 def _head(conn: Connection) -> Head:
-    seq, mac = conn.execute(_HEAD).one()
+    [(seq, mac)] = _HEAD.rows(conn)
     return Head(seq, mac)
 
 
@@ -348,8 +352,12 @@ def _unresolved(conn: Connection) -> list[int]:
     return list(conn.execute(query).scalars())
 
 
-# Built once: constructing a statement costs more than running it on SQLite.
-_HEAD = select(audit_head.c.seq, audit_head.c.hash).where(audit_head.c.id == 1)
-_LOCK_HEAD = _HEAD.with_for_update()
-_INSERT = insert(audit_events)
-_MOVE_HEAD = update(audit_head).where(audit_head.c.id == 1).values(seq=bindparam("new_seq"), hash=bindparam("new_hash"))
+# Built once (constructing a statement costs more than running it on SQLite), the batch's own
+# statements prepared (see `gateway.store.PreparedStatement`).
+_SELECT_HEAD = select(audit_head.c.seq, audit_head.c.hash).where(audit_head.c.id == 1)
+_LOCK_HEAD = _SELECT_HEAD.with_for_update()
+_HEAD = PreparedStatement(_SELECT_HEAD)
+_INSERT = PreparedStatement(insert(audit_events))
+_MOVE_HEAD = PreparedStatement(
+    update(audit_head).where(audit_head.c.id == 1).values(seq=bindparam("new_seq"), hash=bindparam("new_hash"))
+)

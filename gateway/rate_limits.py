@@ -14,11 +14,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Column, Connection, Integer, String, Table, bindparam, case, select
+from sqlalchemy import Column, ColumnElement, Connection, Integer, String, Table, and_, bindparam, case, or_, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from gateway.store import Store, UTCDateTime, metadata
+from gateway.store import PreparedStatement, Store, UTCDateTime, metadata
 
 # Fixed-window counters: one row per limited key (a device, a caller).
 rate_counters = Table(
@@ -31,10 +31,23 @@ rate_counters = Table(
 
 TABLES = (rate_counters,)
 
-_PEEK = select(rate_counters.c.key, rate_counters.c.count, rate_counters.c.window_start).where(
-    rate_counters.c.key.in_(bindparam("keys", expanding=True))
+
+def _over(counter: str) -> ColumnElement[bool]:
+    """The counter `counter` (a parameter) if its window is still open and one more attempt would exceed it."""
+    return and_(
+        rate_counters.c.key == bindparam(counter),
+        rate_counters.c.window_start > bindparam(f"{counter}_cutoff", type_=UTCDateTime),
+        rate_counters.c.count >= bindparam(f"{counter}_attempts"),
+    )
+
+
+_PEEK = PreparedStatement(
+    select(rate_counters.c.key, rate_counters.c.count, rate_counters.c.window_start).where(
+        or_(_over("first"), _over("second"))
+    )
 )
-"""Built once: constructing a statement costs more than running it on SQLite."""
+"""Of two counters (an attempt's device and caller, each a point lookup by its key), those that
+would refuse one more attempt now: almost always none, so nothing to convert."""
 
 
 @dataclass(frozen=True)
@@ -70,37 +83,41 @@ class RateLimiter:
         stmt = insert(rate_counters).values(key=bindparam("key"), window_start=now, count=1)
         # A window that has ended starts again at this attempt.
         ended = rate_counters.c.window_start <= bindparam("cutoff", type_=UTCDateTime)
-        self._hit = stmt.on_conflict_do_update(
-            index_elements=[rate_counters.c.key],
-            set_={
-                "count": case((ended, 1), else_=rate_counters.c.count + 1),
-                "window_start": case((ended, now), else_=rate_counters.c.window_start),
-            },
-        ).returning(rate_counters.c.count, rate_counters.c.window_start)
+        self._hit = PreparedStatement(
+            stmt.on_conflict_do_update(
+                index_elements=[rate_counters.c.key],
+                set_={
+                    "count": case((ended, 1), else_=rate_counters.c.count + 1),
+                    "window_start": case((ended, now), else_=rate_counters.c.window_start),
+                },
+            ).returning(rate_counters.c.count, rate_counters.c.window_start)
+        )
 
     def hit(self, connection: Connection, limit: Limit, key: str) -> Exceeded | None:
         """Count one attempt; None when it is within the limit."""
         if limit.attempts <= 0:
             return None
         now = self.clock()
-        result = connection.execute(
-            self._hit,
-            {"key": limit.key(key), "now": now, "cutoff": now - limit.window},
-        )
-        count, window_start = result.one()
+        params = {"key": limit.key(key), "now": now, "cutoff": now - limit.window}
+        [(count, window_start)] = self._hit.rows(connection, params)
         retry_after = _retry_after(limit, count, window_start, now)
         return None if retry_after is None else Exceeded(retry_after, first=count == limit.attempts + 1)
 
     def peek(self, connection: Connection, hits: Sequence[tuple[Limit, str]]) -> int | None:
-        """What counting `hits` would answer now (the longest wait, or None), counting nothing: one query."""
+        """What counting `hits` (at most two: a device's and a caller's) would answer now (the
+        longest wait, or None), counting nothing: one query."""
         limits = {limit.key(key): limit for limit, key in hits if limit.attempts > 0}
         if not limits:
             return None
+        if len(limits) > 2:
+            raise ValueError("peek reads at most two counters")
         now = self.clock()
+        params: dict[str, object] = {"second": None, "second_cutoff": None, "second_attempts": None}
+        for name, (key, limit) in zip(("first", "second"), limits.items(), strict=False):
+            params.update({name: key, f"{name}_cutoff": now - limit.window, f"{name}_attempts": limit.attempts})
         waits = [
             _retry_after(limits[key], count + 1, window_start, now)
-            for key, count, window_start in connection.execute(_PEEK, {"keys": list(limits)})
-            if window_start > now - limits[key].window
+            for key, count, window_start in _PEEK.rows(connection, params)
         ]
         return max((wait for wait in waits if wait is not None), default=None)
 

@@ -123,7 +123,9 @@ class RegenerationService:
         outcome = UNEXPECTED_ERROR
         credentials: Credentials | None = None
         try:
-            await attempt.check()  # a caller over a limit never reaches the backend
+            # A caller over a limit never reaches the backend (no upstream call, no KDF hash, no
+            # count against the device). The unit of work counts and refuses on its own as well.
+            await attempt.check()
             credentials = await self.backend.regenerate(ref, caller, attempt)
             outcome = SUCCESS
             return credentials

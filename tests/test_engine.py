@@ -129,3 +129,16 @@ async def test_a_broken_store_is_an_internal_server_error(engine: CredentialEngi
     async with engine.store.engine.begin() as conn:
         await conn.run_sync(credentials.drop)
     assert await refusal_of(engine, ref_for()) == ErrorCode.INTERNAL_SERVER_ERROR
+
+
+async def test_an_access_id_drawn_twice_is_drawn_again(
+    engine: CredentialEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = await engine.regenerate(ref_for(), CALLER)
+    draws = iter([first.access_id, "ZZZZZZZZZZZZ"])  # another device's pair holds the first draw
+    monkeypatch.setattr("gateway.engine.engine.new_access_id", lambda: next(draws))
+    second = await engine.regenerate(ref_for(inventoryId="DEMO-CLOUD-READY"), CALLER)
+    assert second.access_id == "ZZZZZZZZZZZZ"
+    assert next(draws, None) is None  # both drawn: the first refused by the store (IntegrityError), nothing kept
+    assert await pair_works(engine, first.access_id, first.otp)
+    assert await pair_works(engine, second.access_id, second.otp)

@@ -25,7 +25,7 @@ from gateway.engine.engine import CredentialEngine
 from gateway.rate_limits import Limit, RateLimiter
 from gateway.regeneration import DeviceRequest, Policy, RegenerationService
 from gateway.settings import Settings
-from gateway.store import Store
+from gateway.store import Store, UnitOfWork
 from tests.demo import READY_DEVICE, STUDY, SUBJECT, TEST_AUDIT_KEY, Clock
 
 pytestmark = pytest.mark.anyio
@@ -158,6 +158,43 @@ async def test_caller_rate_limit(store: Store, engine: CredentialEngine, clock: 
     assert (await refusal(svc, request(), caller())).code is ErrorCode.RATE_LIMITED
     other = Principal("another-user", None, EVERYTHING.rights)
     await svc.regenerate(request(), caller(other))
+
+
+async def test_the_check_before_the_backend_answers_what_the_next_count_would(store: Store, clock: Clock) -> None:
+    """`peek` (one read, counting nothing) against `hit` (the count in the unit of work): two
+    limits with windows of their own, each window's last moment, a limit switched off."""
+    limiter = RateLimiter(store, clock)
+    device, per_caller = Limit("device", 2, timedelta(minutes=15)), Limit("caller", 3, timedelta(minutes=5))
+    hits = ((device, "a-device"), (per_caller, "a-caller"))
+
+    async def peek(checked: tuple[tuple[Limit, str], ...] = hits) -> int | None:
+        return await store.read(lambda conn: limiter.peek(conn, checked))
+
+    async def count() -> list[int | None]:
+        def unit(work: UnitOfWork) -> list[int | None]:
+            verdicts = [limiter.hit(work.connection, limit, key) for limit, key in hits]
+            return [None if exceeded is None else exceeded.retry_after for exceeded in verdicts]
+
+        return await store.submit(unit)
+
+    assert await peek() is None
+    assert await count() == [None, None]
+    assert await peek() is None
+    clock.advance(timedelta(minutes=1))
+    assert await count() == [None, None]  # the device's window is full: its next attempt would wait 14 minutes
+    assert await peek() == 14 * 60
+    assert await peek(((per_caller, "a-caller"),)) is None
+    assert await peek(((Limit("device", 0, device.window), "a-device"), (per_caller, "a-caller"))) is None  # off
+    clock.advance(timedelta(minutes=1))
+    assert await count() == [13 * 60, None]  # counted anyway (the unit's own check): the caller's third
+    assert await peek() == 13 * 60
+    assert await peek(((per_caller, "a-caller"),)) == 3 * 60
+    clock.advance(timedelta(minutes=3))  # the caller's window's last moment: ended, for both
+    assert await peek(((per_caller, "a-caller"),)) is None
+    assert await peek() == 10 * 60
+    clock.advance(timedelta(minutes=10))
+    assert await peek() is None
+    assert await count() == [None, None]
 
 
 async def test_limits_hold_across_processes_sharing_the_store(

@@ -1,6 +1,6 @@
 """The local engine's tables and its SQL: the registry (study modes, subjects, devices) and the
 credentials, with the queries the engine runs on a connection (plain functions: a read or a
-unit of work of `gateway.store` runs them, on SQLite in a worker thread).
+unit of work of `gateway.store` runs them; the hot ones are `PreparedStatement`s).
 
 One credential row per device: replacing it is what makes the previous pair stop working; only a
 salted hash of the OTP is stored.
@@ -34,7 +34,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from gateway.domain import DeviceRef, StudyMode
 from gateway.engine.registry import ConnectionType, Device, Registry, RegistryError
 from gateway.engine.rules import DeviceFacts
-from gateway.store import Store, UTCDateTime, metadata
+from gateway.store import PreparedStatement, Store, UTCDateTime, metadata
 
 _mode = Enum(StudyMode, name="study_mode", values_callable=lambda e: [m.value for m in e], native_enum=False)
 _connection = Enum(ConnectionType, name="connection_type", native_enum=False)
@@ -109,7 +109,7 @@ class StoredPair:
     locked_at: datetime | None
 
 
-_FACTS = (
+_FACTS = PreparedStatement(
     select(
         study_modes.c.mhealth_configured,
         subjects.c.m_subject_id,
@@ -158,25 +158,26 @@ def facts(conn: Connection, ref: DeviceRef, *, lock: bool = False) -> DeviceFact
     SQLite the transaction's write lock already holds the whole database)."""
     if lock and conn.dialect.name == "postgresql":
         conn.execute(_LOCK_DEVICE, _key(ref))
-    row = (conn.execute(_FACTS, {**_key(ref), "subject_id": ref.subject_id})).first()
+    row = _FACTS.first(conn, {**_key(ref), "subject_id": ref.subject_id})
     if row is None:
         return DeviceFacts(study_mode_known=False, mhealth_configured=False, subject_m_subject_id=None, device=None)
+    mhealth_configured, m_subject_id, instance_id, connection_type, vendor_code, registered, dispensed_to = row
     device = None
-    if row.instance_id is not None:
+    if instance_id is not None:
         device = Device(
             inventory_id=ref.inventory_id,
             study_id=ref.study_id,
             mode=ref.mode,
-            instance_id=row.instance_id,
-            connection_type=row.connection_type,
-            vendor_code=row.vendor_code,
-            registered=row.registered,
-            dispensed_to=row.dispensed_to,
+            instance_id=instance_id,
+            connection_type=connection_type,
+            vendor_code=vendor_code,
+            registered=registered,
+            dispensed_to=dispensed_to,
         )
     return DeviceFacts(
         study_mode_known=True,
-        mhealth_configured=bool(row.mhealth_configured),
-        subject_m_subject_id=row.m_subject_id,
+        mhealth_configured=bool(mhealth_configured),
+        subject_m_subject_id=m_subject_id,
         device=device,
     )
 
@@ -192,10 +193,10 @@ def replace_pair(
         "issued_at": issued_at,
         "expires_at": expires_at,
     }
-    conn.execute(_REPLACE_PAIR[conn.dialect.name], values)
+    _REPLACE_PAIR[conn.dialect.name].execute(conn, values)
 
 
-def _replace_pair(insert_: Any) -> Any:
+def _replace_pair(insert_: Any) -> PreparedStatement:
     fresh = {"used_at": None, "failed_attempts": 0, "locked_at": None}
     stmt = insert_(credentials).values(
         **{name: bindparam(name) for name in ("study_id", "mode", "inventory_id", "access_id", "otp_hash")},
@@ -204,9 +205,11 @@ def _replace_pair(insert_: Any) -> Any:
         **fresh,
     )
     replaced = {name: stmt.excluded[name] for name in ("access_id", "otp_hash", "issued_at", "expires_at")}
-    return stmt.on_conflict_do_update(
-        index_elements=[credentials.c.study_id, credentials.c.mode, credentials.c.inventory_id],
-        set_={**replaced, **fresh},
+    return PreparedStatement(
+        stmt.on_conflict_do_update(
+            index_elements=[credentials.c.study_id, credentials.c.mode, credentials.c.inventory_id],
+            set_={**replaced, **fresh},
+        )
     )
 
 
