@@ -88,18 +88,20 @@ def check_tracing(settings: Settings) -> None:
 async def open_backend(
     settings: Settings, store: Store, resources: AsyncExitStack, tracing: Tracing | None = None
 ) -> Backend:
-    """The backend the settings choose. What it opens (the upstream's HTTP client) goes on
-    `resources`, which the lifespan closes."""
+    """The backend the settings choose. What it opens (the upstream's HTTP client, the KDF's
+    threads) goes on `resources`, which the lifespan closes."""
     if settings.backend == "upstream":
         http = await resources.enter_async_context(upstream_http_client(settings.upstream))
         http.event_hooks["response"] = [*http.event_hooks["response"], note_upstream_response]  # for the access line
         return UpstreamClient.from_settings(settings.upstream, http, tracing=tracing)
+    kdf = KdfPool(settings.kdf_workers)
+    resources.callback(kdf.close)
     return CredentialEngine(
         store,
         otp_ttl=timedelta(seconds=settings.otp_ttl_seconds),
         kdf_cost=settings.kdf_cost,
         lockout_after=settings.rate_limits.bootstrap_lockout_attempts,
-        kdf=KdfPool(settings.kdf_workers),
+        kdf=kdf,
     )
 
 

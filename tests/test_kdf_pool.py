@@ -7,6 +7,7 @@ of one hash measured in the same test, with a wide margin.
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -120,6 +121,31 @@ async def test_the_pool_hashes_and_verifies_for_real() -> None:
     assert encoded.startswith("scrypt$4$8$1$")
     assert await pool.verify(SAMPLE_OTP, encoded)
     assert not await pool.verify("WRONGOTP", encoded)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a nice value is per thread on Linux only")
+async def test_the_pools_threads_run_below_the_loops_priority_and_close_lets_them_go(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    seen: list[tuple[threading.Thread, int]] = []
+
+    def hash_otp(otp: str, cost: int) -> str:
+        thread = threading.current_thread()
+        seen.append((thread, os.getpriority(os.PRIO_PROCESS, threading.get_native_id())))
+        return "hashed"
+
+    monkeypatch.setattr(otp_module, "hash_otp", hash_otp)
+    loop_niceness = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    pool = KdfPool(2, niceness=5)
+    for _ in range(4):
+        assert await pool.hash(SAMPLE_OTP, 4) == "hashed"
+    assert {niceness for _, niceness in seen} == {min(19, loop_niceness + 5)}
+    assert all(thread.name.startswith("gateway-kdf") for thread, _ in seen)
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == loop_niceness  # the loop's own is untouched
+    pool.close()
+    with anyio.fail_after(5):
+        while any(thread.is_alive() for thread, _ in seen):  # noqa: ASYNC110 (threads offer no event)
+            await anyio.sleep(0.01)
 
 
 # ---------------------------------------------------------------------------------------------
