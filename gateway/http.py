@@ -15,8 +15,8 @@ from __future__ import annotations
 import json
 import logging
 import re
+import secrets
 import time
-import uuid
 
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.responses import JSONResponse
@@ -47,7 +47,7 @@ class RequestIdMiddleware:
             await self.app(scope, receive, send)
             return
         incoming = next((value for name, value in scope["headers"] if name == b"x-request-id"), b"").decode("latin-1")
-        request_id = incoming if _REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
+        request_id = incoming if _REQUEST_ID.fullmatch(incoming) else secrets.token_hex(16)
         scope.setdefault("state", {})["request_id"] = request_id
         entry = logs.RequestLog(request_id)
         token = logs.current.set(entry)
@@ -124,6 +124,8 @@ def logged_path(scope: Scope) -> str:
 def _log_access(scope: Scope, entry: logs.RequestLog, status: int, seconds: float) -> None:
     """The request's access line: its path as `logged_path` shows it, status, duration, outcome,
     caller and upstream status."""
+    if not access_log.isEnabledFor(logging.INFO):
+        return
     route = logged_path(scope)
     user = scope.get("user")
     principal = getattr(user, "principal", None)

@@ -230,7 +230,7 @@ class UpstreamClient:
 
     async def _send(self, path: str, ref: DeviceRef, caller: Caller, auth: CallAuth) -> Answer:
         headers = {"Accept": "application/json", "Accept-Encoding": ACCEPT_ENCODING, "X-Request-ID": caller.request_id}
-        request = self.http.build_request("PUT", path, params={"mSubjectId": ref.m_subject_id}, headers=headers)
+        request = self.http.build_request("PUT", self._url(path, ref), headers=headers)
         if self.tracing is None:
             return await self._deliver(request, caller, auth)
         # A span per call, named by the path's template (the path names the subject); `traceparent` goes along.
@@ -242,6 +242,14 @@ class UpstreamClient:
                 raise
             call.answered(answer.status)
             return answer
+
+    def _url(self, path: str, ref: DeviceRef) -> httpx.URL:
+        """The call's absolute URL: the client's base URL, `path` and the `mSubjectId` query, put
+        together as httpx would from `build_request(path, params=…)`, but in one step (httpx
+        parses a URL three times there: a third of an upstream call's CPU, profiled)."""
+        base = self.http.base_url
+        query = str(httpx.QueryParams({"mSubjectId": ref.m_subject_id}))
+        return base.copy_with(raw_path=base.raw_path + f"{path.lstrip('/')}?{query}".encode("ascii"))
 
     async def _deliver(self, request: httpx.Request, caller: Caller, auth: CallAuth) -> Answer:
         """Send `request` (connect retries only), read the answer within the caps and the deadline."""
