@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import re
-import secrets
 import time
 
 from starlette.datastructures import Headers, MutableHeaders
@@ -47,7 +47,9 @@ class RequestIdMiddleware:
             await self.app(scope, receive, send)
             return
         incoming = next((value for name, value in scope["headers"] if name == b"x-request-id"), b"").decode("latin-1")
-        request_id = incoming if _REQUEST_ID.fullmatch(incoming) else secrets.token_hex(16)
+        # Not a secret (a caller may choose its own): `random`, which never leaves the GIL to
+        # another thread mid-request as `os.urandom`'s system call can.
+        request_id = incoming if _REQUEST_ID.fullmatch(incoming) else f"{random.getrandbits(128):032x}"
         scope.setdefault("state", {})["request_id"] = request_id
         entry = logs.RequestLog(request_id)
         token = logs.current.set(entry)
