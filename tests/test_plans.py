@@ -11,6 +11,7 @@ no plan) go the executor's way both times; a resolver's failure is masked the sa
 
 from __future__ import annotations
 
+import hashlib
 import re
 import uuid
 from collections.abc import AsyncIterator
@@ -21,8 +22,10 @@ from typing import Any
 import httpx
 import pytest
 
+from gateway.api import schema as schema_module
 from gateway.api.documents import DocumentCache
 from gateway.api.schema import MASKED_MESSAGE
+from gateway.api.types import InvalidDeviceError
 from gateway.app import create_app
 from gateway.engine.registry import DEMO_REGISTRY, load_registry
 from gateway.engine.tables import seed
@@ -242,3 +245,36 @@ async def test_a_resolvers_failure_is_masked_the_same_way(tmp_path: Path) -> Non
             {"message": MASKED_MESSAGE, "locations": [{"line": 4, "column": 3}], "path": ["regenerateAccessCode"]}
         ],
     }
+
+
+async def test_a_member_subclass_and_a_null_leaf_answer_as_the_executor(
+    served: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Neither happens with today's backends; if one did, both paths would still agree."""
+
+    class Narrower(InvalidDeviceError):
+        pass
+
+    variables = {"input": device_input(inventoryId="DEMO-UNKNOWN")}
+    monkeypatch.setattr(schema_module, "render_refusal", lambda refusal: Narrower(code=refusal.code, message="m"))
+    by_executor, by_plan = await served.twice(EVERY_FIELD, variables)
+    assert by_plan == by_executor
+    assert by_plan[1]["data"]["regenerateAccessCode"]["__typename"] == "InvalidDeviceError"
+
+    monkeypatch.setattr(schema_module, "render_refusal", lambda refusal: InvalidDeviceError(code=None, message="m"))  # type: ignore[arg-type]
+    by_executor, by_plan = await served.twice(EVERY_FIELD, variables)
+    assert by_plan == by_executor
+    assert by_plan[1]["data"] is None
+    assert by_plan[1]["errors"][0]["message"] == MASKED_MESSAGE
+
+
+async def test_an_apq_registration_is_validated_once(served: Served) -> None:
+    """A registration takes Strawberry's path alone: the plan does not check its document first."""
+    text = "query { " + " ".join(f"a{i}: __typename" for i in range(300)) + " }"  # over the alias limit, uncacheable
+    extensions = {"persistedQuery": {"version": 1, "sha256Hash": hashlib.sha256(text.encode()).hexdigest()}}
+    before = served.documents.info()
+    response = await served.client.post("/graphql", json={"query": text, "extensions": extensions})
+    assert "aliases" in response.json()["errors"][0]["message"]
+    after = served.documents.info()
+    assert after.misses - before.misses == 2  # registering checks it once, executing it once more
+    assert after.planned == before.planned

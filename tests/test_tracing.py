@@ -182,6 +182,40 @@ async def test_local_mode_a_trace_from_the_callers_traceparent_to_the_store(
     assert_nothing_names(spans, [*IDENTIFIERS, "MSUBJECT-999", *issued, token.removeprefix("Bearer ")])
 
 
+ROOT_FRAGMENT = """
+mutation Regenerate($input: RegenerateAccessCodeInput!) {
+  ...Root
+  again: regenerateAccessCode(input: $input) { __typename }
+}
+fragment Root on Mutation { regenerateAccessCode(input: $input) { __typename ... on Error { code } } }
+"""
+
+
+async def test_the_operations_span_is_the_same_by_the_executor_and_by_the_plan(
+    settings: Settings, provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    """The first request of a text is executed by graphql-core, the second by its plan: one span each, alike."""
+    await seeded(settings)
+    payload = {"query": ROOT_FRAGMENT, "variables": {"input": device_input(inventoryId="DEMO-UNKNOWN")}}
+    app = create_app(settings.replace(otel=True), tracer_provider=provider)
+    async with (
+        run_server(app) as url,
+        httpx.AsyncClient(base_url=url, headers={"Authorization": bearer(settings)}, timeout=10) as client,
+    ):
+        answers = [(await client.post("/graphql", json=payload)).json() for _ in range(2)]
+        spans = await finished(exporter, requests=2)
+    assert answers[0] == answers[1]
+    assert answers[0]["data"]["again"] == {"__typename": "InvalidDeviceError"}
+    operations = [span for span in spans if span.name == "graphql mutation"]
+    assert len(operations) == 2
+    by_executor, by_plan = (dict(span.attributes or {}) for span in operations)
+    assert by_plan == by_executor
+    assert by_plan["gateway.graphql.fields"] == ("regenerateAccessCode",)  # written at the top: `again`'s field
+    assert by_plan["gateway.outcome"] == "InvalidDeviceError"
+    batches = [span for span in spans if span.name == "store transaction"]
+    assert {parent_id(batch) for batch in batches} == {span_id(operation) for operation in operations}
+
+
 async def test_upstream_mode_the_upstream_receives_the_trace(
     tmp_path: Path, provider: TracerProvider, exporter: InMemorySpanExporter
 ) -> None:

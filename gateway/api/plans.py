@@ -124,8 +124,8 @@ class Plan:
 
     @property
     def root_fields(self) -> list[str]:
-        """The root fields' names (not their aliases), in order."""
-        return [root.nodes[0].name.value for root in self.roots]
+        """What a trace names of the operation (`top_level_fields`)."""
+        return top_level_fields(self.operation)
 
     def coerce(self, schema: GraphQLSchema, variables: dict[str, Any] | None) -> VariableValues | None:
         """The variables as the executor would coerce them; None when they do not fit (the
@@ -157,9 +157,24 @@ class Plan:
         return GraphQLExecutionResult(data, errors or None)
 
 
+def top_level_fields(operation: OperationDefinitionNode) -> list[str]:
+    """The names (not the aliases) of the fields written at the operation's top level, in order:
+    what the operation's span says it asked for, whichever path executes it."""
+    return [node.name.value for node in operation.selection_set.selections if isinstance(node, FieldNode)]
+
+
+def _shape(root: _Root, value: object) -> _Shape | None:
+    """How `value` is answered: by its class, or the nearest base class that is a member (as the
+    executor's `isinstance` check accepts a subclass)."""
+    shape = root.shapes.get(type(value))
+    if shape is None:
+        shape = next((root.shapes[base] for base in type(value).__mro__ if base in root.shapes), None)
+    return shape
+
+
 def _complete(root: _Root, value: object, errors: list[GraphQLError]) -> dict[str, Any] | None:
     """The value's selected fields; None (and the error) where the executor would null the root."""
-    shape = root.shapes.get(type(value))
+    shape = _shape(root, value)
     if shape is None:
         problem = TypeError(f"a value of {type(value).__name__} is none of the field's types")
         errors.append(located_error(problem, list(root.nodes), [root.key]))
@@ -181,8 +196,9 @@ def _complete(root: _Root, value: object, errors: list[GraphQLError]) -> dict[st
                 return None
             serialized = None
         if serialized is None and leaf.non_null:
-            message = f"Cannot return null for non-nullable field {leaf.description}."
-            errors.append(GraphQLError(message, list(leaf.nodes), path=path))
+            # graphql-core raises this as a TypeError, which the schema masks as unexpected: so here.
+            problem = TypeError(f"Cannot return null for non-nullable field {leaf.description}.")
+            errors.append(located_error(problem, list(leaf.nodes), path))
             return None
         answer[leaf.key] = serialized
     return answer

@@ -18,7 +18,6 @@ import strawberry
 from graphql import (
     ASTValidationRule,
     DocumentNode,
-    FieldNode,
     GraphQLError,
     NoSchemaIntrospectionCustomRule,
     get_operation_ast,
@@ -41,7 +40,7 @@ from gateway import __version__, logs
 from gateway.api.context import Context, Info
 from gateway.api.documents import DocumentCache
 from gateway.api.guards import DocumentLimits, GuardWork, document_guards, without_suggestions
-from gateway.api.plans import Plan, PlannedResolvers, plan
+from gateway.api.plans import Plan, PlannedResolvers, plan, top_level_fields
 from gateway.api.types import (
     BackendKind,
     BootstrapCredentials,
@@ -210,8 +209,7 @@ class GatewaySchema(strawberry.Schema):
             return self._refusal(list(prepared.errors), context)
         if self.tracing is not None:
             operation = get_operation_ast(prepared.document, operation_name)
-            selections = operation.selection_set.selections if operation is not None else ()
-            fields = [node.name.value for node in selections if isinstance(node, FieldNode)]  # names, not aliases
+            fields = top_level_fields(operation) if operation is not None else []
             self.tracing.describe_operation(operation_type.value, fields)
         return prepared.document
 

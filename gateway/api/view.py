@@ -185,8 +185,10 @@ class GraphQLView(GraphQL[Context, None]):
             return None
         if not _optional(extensions, dict):
             return None
+        if query is not None and extensions and "persistedQuery" in extensions:
+            return None  # an APQ registration: checked (and its document validated) once, on Strawberry's path
         try:
-            query = self.persisted.resolve(query, extensions)
+            query = self.persisted.resolve(query, extensions)  # a lookup by hash; trusted documents only
         except PersistedQueryRefused:
             return None
         schema: GatewaySchema = self.schema  # type: ignore[assignment]  # the one __init__ was given
