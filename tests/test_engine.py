@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from datetime import timedelta
 from typing import Any
 
@@ -39,6 +40,21 @@ ORDER = [
         id="order-registered-before-dispensed",
     ),
 ]
+
+
+def test_draws_are_uniform_over_the_alphabet() -> None:
+    symbols = Counter("".join(otp.draw(otp.OTP_LENGTH) for _ in range(100_000)))
+    expected = 100_000 * otp.OTP_LENGTH / len(otp.ALPHABET)  # ~25,800 each; one standard deviation is ~160
+    assert set(symbols) == set(otp.ALPHABET)
+    assert all(abs(count - expected) < 0.05 * expected for count in symbols.values()), symbols
+
+
+def test_a_draw_drops_the_bytes_that_would_favour_some_symbols(monkeypatch: pytest.MonkeyPatch) -> None:
+    """256 is not a multiple of 31: bytes from 248 up would favour the first eight symbols, so they are dropped."""
+    reads = iter([bytes([255, 248, 0, 30, 31, 249]), bytes([247, 62, 93, 124])])
+    monkeypatch.setattr("secrets.token_bytes", lambda n: next(reads))
+    a = otp.ALPHABET
+    assert otp.draw(6) == a[0] + a[30] + a[0] + a[247 % 31] + a[0] + a[0]
 
 
 @pytest.mark.parametrize(("overrides", "expected"), DEMO_REFUSALS + ORDER)

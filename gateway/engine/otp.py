@@ -44,9 +44,19 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
+_KEPT = 256 - 256 % len(ALPHABET)
+"""Random bytes below this map evenly onto `ALPHABET` (8 of them to each symbol); the rest are dropped."""
+
+
 def draw(length: int) -> str:
-    """`length` symbols of `ALPHABET`, each from `secrets`."""
-    return "".join(secrets.choice(ALPHABET) for _ in range(length))
+    """`length` symbols of `ALPHABET`, uniformly, from `secrets`: one read of the system's random
+    source for the whole draw (`secrets.choice` makes one per symbol, each a system call), each
+    byte kept only below `_KEPT` so that no symbol is likelier than another."""
+    symbols: list[str] = []
+    while len(symbols) < length:
+        kept = [ALPHABET[byte % len(ALPHABET)] for byte in secrets.token_bytes(length + 2) if byte < _KEPT]
+        symbols.extend(kept[: length - len(symbols)])
+    return "".join(symbols)
 
 
 def new_access_id() -> str:
