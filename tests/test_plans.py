@@ -30,7 +30,7 @@ from gateway.app import create_app
 from gateway.engine.registry import DEMO_REGISTRY, load_registry
 from gateway.engine.tables import seed
 from gateway.store import Store
-from tests.demo import ALL_TABLES, DEMO_REFUSALS, READY_DEVICE, bearer, device_input
+from tests.demo import ALL_TABLES, DEMO_REFUSALS, READY_DEVICE, REGENERATE, bearer, device_input
 from tests.security import sqlite_settings
 from tests.test_graphql_guards import ExplodingBackend, schema_of
 from tests.utils import run_server
@@ -88,18 +88,8 @@ async def served(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Serv
         yield Served(client, schema_of(app).documents)
 
 
-EVERY_FIELD = """
-mutation Regenerate($input: RegenerateAccessCodeInput!) {
-  regenerateAccessCode(input: $input) {
-    __typename
-    ... on BootstrapCredentials { accessId otp id expiresAt }
-    ... on Error { code message }
-    ... on InvalidInputError { field }
-    ... on RateLimitedError { retryAfterSeconds }
-    ... on UnrecognizedUpstreamError { upstreamStatus upstreamCode }
-  }
-}
-"""
+EVERY_FIELD = REGENERATE
+"""The demo's document: every union member's fields, through the `Error` interface and each type."""
 
 FRAGMENTS = """
 mutation Regenerate($input: RegenerateAccessCodeInput!) {
