@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import orjson
 from cross_web import AsyncHTTPRequestAdapter, HTTPException
 from starlette.datastructures import Headers, QueryParams
-from starlette.requests import Request
+from starlette.requests import HTTPConnection, Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
@@ -62,10 +62,6 @@ def request_error(status: int, message: str, code: str | None = None) -> JSONRes
 _REQUEST_KEYS = ("query", "operationName", "variables", "extensions")
 
 
-def _optional(value: object, kind: type) -> bool:
-    return value is None or isinstance(value, kind)
-
-
 def _replay(body: bytes) -> Receive:
     """A `receive` that hands over a body already read, then waits for the disconnect."""
     sent = False
@@ -78,6 +74,11 @@ def _replay(body: bytes) -> Receive:
         return {"type": "http.disconnect"}
 
     return receive
+
+
+def _context(connection: HTTPConnection) -> Context:
+    state = state_of(connection)
+    return Context(service=state["service"], caller=caller_of(connection), settings=state["settings"])
 
 
 _EXCHANGE = "gateway.graphql_exchange"
@@ -111,6 +112,8 @@ class GraphQLView(GraphQL[Context, None]):
             allow_queries_via_get=True,
             multipart_uploads_enabled=False,
         )
+        self.planner = schema
+        """The schema, typed as the gateway's: it plans and runs cached operations (`_planned`)."""
         trusted = TrustedDocuments.load(settings.trusted_documents) if settings.trusted_documents else None
         apq = PersistedQueryCache(settings.apq_cache_size) if settings.apq and trusted is None else None
 
@@ -130,8 +133,7 @@ class GraphQLView(GraphQL[Context, None]):
 
     async def get_context(self, request: Request | WebSocket, response: Response | WebSocket) -> Context:
         """The typed context every resolver receives: the service, the caller and the settings."""
-        state = state_of(request)
-        return Context(service=state["service"], caller=caller_of(request), settings=state["settings"])
+        return _context(request)
 
     async def render_graphql_ide(self, request: Request) -> Response:
         """The gateway's own GraphiQL page (not Strawberry's, which loads its files from a CDN)."""
@@ -181,9 +183,8 @@ class GraphQLView(GraphQL[Context, None]):
         if type(data) is not dict:
             return None
         query, name, variables, extensions = (data.get(key) for key in _REQUEST_KEYS)
-        if not (_optional(query, str) and _optional(name, str) and _optional(variables, dict)):
-            return None
-        if not _optional(extensions, dict):
+        kinds = ((query, str), (name, str), (variables, dict), (extensions, dict))
+        if not all(value is None or isinstance(value, kind) for value, kind in kinds):
             return None
         if query is not None and extensions and "persistedQuery" in extensions:
             return None  # an APQ registration: checked (and its document validated) once, on Strawberry's path
@@ -191,14 +192,10 @@ class GraphQLView(GraphQL[Context, None]):
             query = self.persisted.resolve(query, extensions)  # a lookup by hash; trusted documents only
         except PersistedQueryRefused:
             return None
-        schema: GatewaySchema = self.schema  # type: ignore[assignment]  # the one __init__ was given
-        plan = schema.plan(query, name) if query else None
+        plan = self.planner.plan(query, name) if query else None
         if plan is None:
             return None
-        request = Request(scope)
-        state = state_of(request)
-        context = Context(service=state["service"], caller=caller_of(request), settings=state["settings"])
-        result = await schema.run_plan(plan, variables, context)
+        result = await self.planner.run_plan(plan, variables, _context(Request(scope)))
         if result is None:
             return None
         return Response(self.encode_json(process_result(result)), media_type=JSON)
