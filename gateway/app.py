@@ -96,13 +96,16 @@ async def open_backend(
         return UpstreamClient.from_settings(settings.upstream, http, tracing=tracing)
     kdf = KdfPool(settings.kdf_workers)
     resources.callback(kdf.close)
-    return CredentialEngine(
+    engine = CredentialEngine(
         store,
         otp_ttl=timedelta(seconds=settings.otp_ttl_seconds),
         kdf_cost=settings.kdf_cost,
         lockout_after=settings.rate_limits.bootstrap_lockout_attempts,
         kdf=kdf,
+        reserve=settings.otp_reserve,
     )
+    resources.push_async_callback(engine.close)  # before the KDF's threads go: a refill may be on one
+    return engine
 
 
 def store_tables(settings: Settings) -> tuple[Table, ...]:

@@ -86,6 +86,20 @@ def engine(store: Store, clock: Clock) -> CredentialEngine:
     return CredentialEngine(store, kdf_cost=TEST_KDF_COST, clock=clock)
 
 
+@pytest.fixture(params=["hashing", "reserved"])
+async def engine_both_ways(
+    request: pytest.FixtureRequest, store: Store, clock: Clock
+) -> AsyncIterator[CredentialEngine]:
+    """The engine on each of its paths: hashing each OTP when asked, and issuing OTPs hashed ahead
+    (a reserve of 4, full when the test starts, refilled as the test takes from it)."""
+    reserve = 4 if request.param == "reserved" else 0
+    engine = CredentialEngine(store, kdf_cost=TEST_KDF_COST, clock=clock, reserve=reserve)
+    if engine.reserve is not None:
+        await engine.reserve.fill()
+    yield engine
+    await engine.close()
+
+
 @pytest.fixture
 def settings(database: Database, tmp_path: Path) -> Settings:
     return Settings().replace(

@@ -19,6 +19,13 @@ from tests.demo import DEMO_REFUSALS, OTHER_SUBJECT, READY_DEVICE, Clock, pair_w
 
 pytestmark = pytest.mark.anyio
 
+
+@pytest.fixture
+def engine(engine_both_ways: CredentialEngine) -> CredentialEngine:
+    """Every test here on both of the engine's paths (`hashing`, `reserved`: tests/conftest.py)."""
+    return engine_both_ways
+
+
 CALLER = Caller(request_id="test")
 
 

@@ -60,6 +60,7 @@ OLD_NAMES: dict[str, tuple[str, str, object]] = {
     "GATEWAY_OTP_TTL_SECONDS": ("otp_ttl_seconds", "600", 600),
     "GATEWAY_KDF_COST": ("kdf_cost", "10", 10),
     "GATEWAY_KDF_WORKERS": ("kdf_workers", "65", None),  # out of bounds: only the message is checked
+    "GATEWAY_OTP_RESERVE": ("otp_reserve", "0", 0),
     "GATEWAY_DEMO_DATA": ("demo_data", "off", False),
     "GATEWAY_LOG_LEVEL": ("log_level", "DEBUG", "debug"),
     "GATEWAY_METRICS": ("metrics", "false", False),

@@ -30,6 +30,13 @@ from tests.demo import ALL_TABLES, READY_DEVICE, STUDY, SUBJECT, TEST_AUDIT_KEY,
 
 pytestmark = pytest.mark.anyio
 
+
+@pytest.fixture
+def engine(engine_both_ways: CredentialEngine) -> CredentialEngine:
+    """Every test here on both of the engine's paths (`hashing`, `reserved`: tests/conftest.py)."""
+    return engine_both_ways
+
+
 EVERYTHING = Principal("site-user", "site-app", {"*": {"*": frozenset({"DeviceActionsPost"})}})
 UNKNOWN_STUDY = "0" * 32
 

@@ -1,9 +1,12 @@
 """`CredentialEngine`: the `Backend` that issues credentials itself, from the registry in its store.
 
-A regeneration reads the facts and judges them (no lock, no write): a refusal is committed at once,
-in the attempt's unit of work, with no OTP hash spent. Otherwise the slow OTP hash is computed off
-the event loop, and the attempt's unit of work judges again with the device row locked and writes
-the new pair, so the pair it stores was issued against facts that still hold.
+A regeneration takes an OTP hashed ahead of need from the engine's reserve (`OtpReserve`) and runs
+one unit of work: it judges the device's facts with its row locked and stores the new pair, or
+commits the refusal (the OTP then goes back to the reserve, never having left the gateway). With no
+OTP ready, it reads the facts and judges them first (no lock, no write): a refusal is committed at
+once, with no OTP hash spent. Otherwise the slow OTP hash is computed off the event loop, and the
+attempt's unit of work judges again with the device row locked and writes the new pair. Either way
+the pair stored was issued against facts that still hold.
 
 A bootstrap (the device side) spends a pair once: its outcome and its audit row commit together.
 """
@@ -23,6 +26,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from gateway.domain import Attempt, Caller, Clock, Credentials, DeviceRef, ErrorCode, Readiness, Refusal, utc_now
 from gateway.engine import tables
 from gateway.engine.otp import KdfPool, new_access_id, new_otp
+from gateway.engine.reserve import HashedOtp, OtpReserve
 from gateway.engine.rules import judge
 from gateway.engine.tables import StoredPair
 from gateway.store import Store, UnitOfWork
@@ -76,10 +80,14 @@ class CredentialEngine:
         kdf_cost: int = 14,
         lockout_after: int = 10,
         kdf: KdfPool | None = None,
+        reserve: int = 0,
         clock: Clock = utc_now,
     ) -> None:
         self.store = store
         self.kdf = kdf or KdfPool(os.cpu_count() or 1)
+        self.reserve = OtpReserve(self.kdf, kdf_cost, reserve) if reserve > 0 else None
+        """Up to `reserve` OTPs hashed ahead of need (`gateway.engine.reserve`); None (0): each
+        regeneration hashes its own. `close` stops its refills."""
         self._dummy: str | None = None
         self.lockout_after = lockout_after
         self.otp_ttl = otp_ttl
@@ -95,12 +103,25 @@ class CredentialEngine:
             raise Refusal(ErrorCode.INTERNAL_SERVER_ERROR) from None
 
     async def _regenerate(self, ref: DeviceRef, attempt: Attempt | _Unaudited) -> Credentials:
+        reserved = self.reserve.take() if self.reserve is not None else None
+        if reserved is not None:
+            # Hashed ahead: one unit of work judges the device (locked) and stores the pair.
+            try:
+                return await self._issue(ref, attempt, reserved)
+            except Refusal:
+                assert self.reserve is not None
+                self.reserve.give_back(reserved)  # refused before its unit wrote: the OTP never left
+                raise
+        # No OTP ready: judge first (a refusal costs no hash), then hash one, then judge again and store.
         refusal = judge(ref, await self.store.read(lambda conn: tables.facts(conn, ref)))
         if refusal is not None:
             await attempt.commit(_refuse(refusal))
-
         otp = new_otp()
-        otp_hash = await self.kdf.hash(otp, self.kdf_cost)
+        return await self._issue(ref, attempt, HashedOtp(otp, await self.kdf.hash(otp, self.kdf_cost)))
+
+    async def _issue(self, ref: DeviceRef, attempt: Attempt | _Unaudited, new: HashedOtp) -> Credentials:
+        """The attempt's unit of work: judge the device's facts with its row locked and store `new`
+        with a fresh access ID, so that the pair stored was issued against facts that still hold."""
 
         def issue(work: UnitOfWork) -> Credentials:
             facts = tables.facts(work.connection, ref, lock=True)
@@ -112,9 +133,16 @@ class CredentialEngine:
             issued_at = self.clock()
             expires_at = issued_at + self.otp_ttl
             tables.replace_pair(
-                work.connection, ref, access_id=access_id, otp_hash=otp_hash, issued_at=issued_at, expires_at=expires_at
+                work.connection,
+                ref,
+                access_id=access_id,
+                otp_hash=new.otp_hash,
+                issued_at=issued_at,
+                expires_at=expires_at,
             )
-            return Credentials(access_id=access_id, otp=otp, device_id=facts.device.instance_id, expires_at=expires_at)
+            return Credentials(
+                access_id=access_id, otp=new.otp, device_id=facts.device.instance_id, expires_at=expires_at
+            )
 
         for _ in range(self._ACCESS_ID_ATTEMPTS):
             try:
@@ -123,6 +151,11 @@ class CredentialEngine:
                 # Another process took this access id at the same moment: nothing was committed; draw again.
                 continue
         raise Refusal(ErrorCode.INTERNAL_SERVER_ERROR)
+
+    async def close(self) -> None:
+        """Stop the reserve's refills and forget its OTPs (the app's lifespan calls this)."""
+        if self.reserve is not None:
+            await self.reserve.close()
 
     async def readiness(self) -> Readiness:
         reachable = await self.store.ping()

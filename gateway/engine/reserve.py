@@ -1,0 +1,122 @@
+"""`OtpReserve`: new OTPs drawn and hashed ahead of need, so that a regeneration need not wait for the KDF.
+
+A regeneration issues a new OTP and stores only its slow, salted hash (`otp.hash_otp`). Hashed when
+the request comes, the hash is most of the request's time (tens of milliseconds at the default
+cost) and a hand-off to a KDF thread and back (most of it at the lowest cost). The reserve keeps up
+to `size` OTPs ready, each with its hash, drawn and hashed by the engine's `KdfPool` in the
+background: a regeneration takes one (`take`, which never waits) and its unit of work judges the
+device and stores the pair in one go. When the reserve is empty the engine hashes a new OTP itself,
+as it did without one, so the reserve changes how soon an answer comes, never what it is.
+
+- Lazy: nothing is hashed before the first regeneration asks (an idle gateway spends no KDF time).
+- Each OTP is issued at most once: `take` removes it. One taken by an attempt that was refused
+  before anything was stored (the device's facts, a rate limit) never left the gateway and goes
+  back (`give_back`); one whose unit may have been stored (a failed commit) is dropped.
+- Refills run on the pool's threads, as the request's own hashes do (lower priority than the event
+  loop, at most `GATEWAY_KDF_WORKERS` at once), several OTPs to a hand-off when a hash is cheap.
+- The OTPs wait in this process's memory only, never in the store, a log or a metric; `close` (the
+  app's lifespan) stops the refill and forgets them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from contextlib import suppress
+from dataclasses import dataclass
+
+from gateway.engine.otp import KdfPool, new_otp
+
+log = logging.getLogger(__name__)
+
+_HAND_OFF_COST = 10
+"""Below this cost a hash takes well under a millisecond: a refill hashes 2^(10 - cost) OTPs (at
+most `_MAX_PER_HAND_OFF`) on one thread before handing them back, so that each hand-off carries a
+few milliseconds of work."""
+_MAX_PER_HAND_OFF = 64
+
+
+@dataclass(frozen=True, slots=True)
+class HashedOtp:
+    """A new OTP and its hash, not yet issued."""
+
+    otp: str
+    otp_hash: str
+
+    def __repr__(self) -> str:
+        return "HashedOtp(otp=…)"  # never the OTP, in a traceback or a log
+
+
+class OtpReserve:
+    """Up to `size` hashed OTPs, ready for the next regenerations; refilled in the background."""
+
+    def __init__(self, kdf: KdfPool, cost: int, size: int) -> None:
+        if size < 1:
+            raise ValueError("an OtpReserve holds at least one OTP")
+        self.kdf = kdf
+        self.cost = cost
+        self.size = size
+        self.per_hand_off = min(_MAX_PER_HAND_OFF, size, 1 << max(0, _HAND_OFF_COST - cost))
+        """OTPs one refill job hashes on its thread before handing them back."""
+        self._ready: deque[HashedOtp] = deque()
+        self._refill: asyncio.Task[None] | None = None
+        self._closed = False
+
+    def __len__(self) -> int:
+        """OTPs ready now."""
+        return len(self._ready)
+
+    def take(self) -> HashedOtp | None:
+        """A hashed OTP if one is ready, else None (never waits); a refill starts when the reserve is
+        not full. The OTP is the caller's: it is not handed out again unless given back."""
+        taken = self._ready.popleft() if self._ready else None
+        self._start_refill()
+        return taken
+
+    def give_back(self, taken: HashedOtp) -> None:
+        """An OTP `take` gave that was not issued: nothing was stored with it (the attempt was
+        refused before its unit wrote), so it may be issued later."""
+        if not self._closed:
+            self._ready.appendleft(taken)
+            if len(self._ready) > self.size:  # refilled meanwhile: the newest goes
+                self._ready.pop()
+
+    async def fill(self) -> None:
+        """Wait until the reserve is full (the refill under way, or one started now)."""
+        self._start_refill()
+        if self._refill is not None:
+            await asyncio.shield(self._refill)
+
+    def _start_refill(self) -> None:
+        if self._closed or len(self._ready) >= self.size or (self._refill is not None and not self._refill.done()):
+            return
+        self._refill = asyncio.get_running_loop().create_task(self._refill_until_full(), name="otp-reserve-refill")
+
+    async def _refill_until_full(self) -> None:
+        """Hash OTPs until the reserve is full: up to `kdf.workers` jobs at once, each of `per_hand_off` OTPs."""
+        try:
+            while not self._closed and len(self._ready) < self.size:
+                missing = self.size - len(self._ready)
+                jobs = min(self.kdf.workers, -(-missing // self.per_hand_off))
+                otps = [[new_otp() for _ in range(self.per_hand_off)] for _ in range(jobs)]
+                hashed = await asyncio.gather(*(self.kdf.hash_many(batch, self.cost) for batch in otps))
+                if self._closed:
+                    return
+                for batch, hashes in zip(otps, hashed, strict=True):
+                    self._ready.extend(HashedOtp(otp, otp_hash) for otp, otp_hash in zip(batch, hashes, strict=True))
+                while len(self._ready) > self.size:  # given back while this batch was hashed
+                    self._ready.pop()
+        except Exception:
+            # The next take starts another refill; meanwhile regenerations hash their own OTPs.
+            log.exception("the OTP reserve could not be refilled; regenerations hash their own OTPs meanwhile")
+
+    async def close(self) -> None:
+        """Stop refilling (waiting for a hash under way to end) and forget the OTPs ready."""
+        self._closed = True
+        refill, self._refill = self._refill, None
+        if refill is not None:
+            refill.cancel()
+            with suppress(asyncio.CancelledError):
+                await refill
+        self._ready.clear()
