@@ -268,3 +268,74 @@ async def test_an_apq_registration_is_validated_once(served: Served) -> None:
     after = served.documents.info()
     assert after.misses - before.misses == 2  # registering checks it once, executing it once more
     assert after.planned == before.planned
+
+
+_VALID = {"studyId": "S", "mode": "ACTIVE", "subjectId": "U", "inventoryId": "D", "mSubjectId": "M"}
+_WELL_FORMED: list[dict[str, Any]] = [
+    {"input": _VALID},
+    {"input": _VALID, "unused": [1, 2]},
+    {"input": _VALID | {"studyId": "é ünïcode \u0000", "subjectId": ""}},
+    {"input": _VALID | {"mode": "TEST"}},
+]
+_NOT_FITTING: list[dict[str, Any]] = [
+    {"input": _VALID | {"mode": "active"}},  # an enum's value, not its name
+    {"input": _VALID | {"mode": "NOPE"}},
+    {"input": _VALID | {"mode": 1}},
+    {"input": _VALID | {"studyId": 7}},
+    {"input": _VALID | {"studyId": 7.5}},
+    {"input": _VALID | {"studyId": True}},
+    {"input": _VALID | {"studyId": None}},
+    {"input": _VALID | {"studyId": ["S"]}},
+    {"input": _VALID | {"studyId": {"S": 1}}},
+    {"input": _VALID | {"extra": "x"}},
+    {"input": {k: v for k, v in _VALID.items() if k != "mSubjectId"}},
+    {"input": {}},
+    {"input": None},
+    {"input": "S"},
+    {"input": [_VALID]},
+    {},
+]
+
+
+def _hot_plan() -> tuple[Any, Any]:
+    from graphql import parse
+
+    from gateway.api import plans
+
+    gateway_schema = schema_module.build_schema()
+    plan = plans.plan(gateway_schema, parse(REGENERATE), None, schema_module.PLANNED)
+    assert plan is not None
+    assert plan.variables is not None
+    return plan, gateway_schema._schema
+
+
+@pytest.mark.parametrize("variables", _WELL_FORMED)
+def test_the_plan_coerces_well_formed_variables_as_graphql_core_does(variables: dict[str, Any]) -> None:
+    """The plan's own coercion (`_Variables`) of the hot mutation's input gives graphql-core's result:
+    the same coerced values and the same sources."""
+    from graphql.execution.values import VariableValues, get_variable_values
+
+    plan, core = _hot_plan()
+    ours = plan.variables.coerce(variables)
+    theirs = get_variable_values(core, plan.operation.variable_definitions, variables, hide_suggestions=True)
+    assert isinstance(ours, VariableValues)
+    assert isinstance(theirs, VariableValues)
+    assert ours.coerced == theirs.coerced
+    assert [(k, s.value, s.signature.name, str(s.signature.type)) for k, s in ours.sources.items()] == [
+        (k, s.value, s.signature.name, str(s.signature.type)) for k, s in theirs.sources.items()
+    ]
+    assert plan.coerce(core, variables) is not None
+
+
+@pytest.mark.parametrize("variables", _NOT_FITTING)
+def test_variables_that_do_not_fit_are_left_to_graphql_core(variables: dict[str, Any]) -> None:
+    """Anything the plan's coercion is not sure of gives None; each of these graphql-core refuses
+    (the executor's path then answers with its errors)."""
+    from graphql.execution.values import get_variable_values
+
+    plan, core = _hot_plan()
+    assert plan.variables.coerce(variables) is None
+    refused = get_variable_values(core, plan.operation.variable_definitions, variables, hide_suggestions=True)
+    assert isinstance(refused, list)
+    assert refused
+    assert plan.coerce(core, variables) is None

@@ -36,23 +36,32 @@ from graphql import (
     FieldNode,
     FragmentDefinitionNode,
     FragmentSpreadNode,
+    GraphQLEnumType,
     GraphQLError,
     GraphQLField,
     GraphQLNonNull,
     GraphQLObjectType,
+    GraphQLScalarType,
     GraphQLSchema,
     InlineFragmentNode,
     OperationDefinitionNode,
     SelectionSetNode,
     get_named_type,
+    get_nullable_type,
     get_operation_ast,
     is_abstract_type,
+    is_input_object_type,
     is_leaf_type,
+    is_non_null_type,
     is_object_type,
+    is_required_input_field,
     located_error,
 )
 from graphql import ExecutionResult as GraphQLExecutionResult
-from graphql.execution.values import VariableValues, get_argument_values, get_variable_values
+from graphql.execution.get_variable_signature import GraphQLVariableSignature, get_variable_signature
+from graphql.execution.values import VariableValues, VariableValueSource, get_argument_values, get_variable_values
+from graphql.pyutils import Undefined
+from graphql.utilities.coerce_input_value import coerce_default_value
 from strawberry.schema.config import StrawberryConfig
 from strawberry.schema.schema import Schema
 from strawberry.schema.schema_converter import GraphQLCoreConverter
@@ -116,6 +125,8 @@ class Plan:
     operation: OperationDefinitionNode
     root_typename: str
     roots: tuple[_Root, ...]
+    variables: _Variables | None
+    """The plan's own coercion of its variables, when they have the shape it knows."""
 
     @property
     def operation_type(self) -> str:
@@ -129,7 +140,12 @@ class Plan:
 
     def coerce(self, schema: GraphQLSchema, variables: dict[str, Any] | None) -> VariableValues | None:
         """The variables as the executor would coerce them; None when they do not fit (the
-        executor's full path reports that, with its errors)."""
+        executor's full path reports that, with its errors). Variables of the common shape go
+        through the plan's own coercion (`_Variables`), the rest through graphql-core's."""
+        if self.variables is not None and variables is not None:
+            coerced_here = self.variables.coerce(variables)
+            if coerced_here is not None:
+                return coerced_here
         coerced = get_variable_values(
             schema, self.operation.variable_definitions or (), variables or {}, max_errors=50, hide_suggestions=True
         )
@@ -220,7 +236,99 @@ def plan(
         roots = tuple(planning.root(root_type, key, nodes) for key, nodes in fields.items())
     except _Unplannable:
         return None
-    return Plan(operation, root_type.name, roots)
+    return Plan(operation, root_type.name, roots, _Variables.of(planning.schema, operation))
+
+
+_NOT_GIVEN: Any = Undefined
+
+
+@dataclass(frozen=True, slots=True)
+class _InputField:
+    name: str
+    out_name: str
+    leaf: GraphQLScalarType | GraphQLEnumType
+    non_null: bool
+    required: bool
+    default: Any
+    """The field's coerced default (`Undefined`: none)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Variable:
+    name: str
+    signature: GraphQLVariableSignature
+    fields: tuple[_InputField, ...]
+    names: frozenset[str]
+    out_type: Callable[[dict[str, Any]], Any]
+
+
+@dataclass(frozen=True, slots=True)
+class _Variables:
+    """graphql-core's coercion of an operation's variables, done directly for the shape the
+    gateway's clients send: every variable a non-null input object (no default of its own) whose
+    fields are scalars or enums. A value it is not sure of (a variable missing or null, not an
+    object, an unknown field, a field missing, null or that its type refuses) gives None, and
+    graphql-core's coercion decides, with its errors. Otherwise the result is graphql-core's own:
+    the same sources, the same values under the same names (tests compare the two)."""
+
+    variables: tuple[_Variable, ...]
+
+    @classmethod
+    def of(cls, schema: GraphQLSchema, operation: OperationDefinitionNode) -> _Variables | None:
+        compiled: list[_Variable] = []
+        for definition in operation.variable_definitions or ():
+            signature = get_variable_signature(schema, definition)
+            if isinstance(signature, GraphQLError) or definition.default_value or definition.directives:
+                return None
+            if not is_non_null_type(signature.type):
+                return None
+            input_type = signature.type.of_type
+            if not is_input_object_type(input_type) or input_type.is_one_of:
+                return None
+            fields: list[_InputField] = []
+            for name, field in input_type.fields.items():
+                leaf = get_nullable_type(field.type)
+                if not isinstance(leaf, GraphQLScalarType | GraphQLEnumType):
+                    return None
+                default = coerce_default_value(field)
+                required = is_required_input_field(field)
+                fields.append(
+                    _InputField(name, field.out_name or name, leaf, is_non_null_type(field.type), required, default)
+                )
+            names = frozenset(input_type.fields)
+            compiled.append(_Variable(signature.name, signature, tuple(fields), names, input_type.out_type))
+        return cls(tuple(compiled))
+
+    def coerce(self, given: dict[str, Any]) -> VariableValues | None:
+        sources: dict[str, VariableValueSource] = {}
+        coerced: dict[str, Any] = {}
+        for variable in self.variables:
+            value = given.get(variable.name)
+            if type(value) is not dict or not variable.names.issuperset(value):
+                return None
+            sources[variable.name] = VariableValueSource(variable.signature, value)
+            fields: dict[str, Any] = {}
+            for field in variable.fields:
+                raw = value.get(field.name, _NOT_GIVEN)
+                if raw is _NOT_GIVEN:
+                    if field.required:
+                        return None
+                    if field.default is not _NOT_GIVEN:
+                        fields[field.out_name] = field.default
+                    continue
+                if raw is None:
+                    if field.non_null:
+                        return None
+                    fields[field.out_name] = None
+                    continue
+                try:
+                    fields[field.out_name] = field.leaf.coerce_input_value(raw)
+                except Exception:  # graphql-core's coercion says why, with its message
+                    return None
+                if fields[field.out_name] is _NOT_GIVEN:
+                    return None
+            coerced[variable.name] = variable.out_type(fields)
+        return VariableValues(sources, coerced)
 
 
 class _Planning:
