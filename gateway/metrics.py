@@ -2,8 +2,9 @@
 
 The owners move them: the faces count each regeneration (GraphQL, REST) and bootstrap (device)
 with its outcome and time, the upstream client each call's status and its breaker's state, the
-KDF pool its hashes in flight, the store its group commits. Label values are bounded: a face, a
-GraphQL union member's `__typename`, an HTTP status; never a study, subject, device or caller.
+KDF pool its hashes in flight, the OTP reserve its ready OTPs and misses, the store its group
+commits. Label values are bounded: a face, a GraphQL union member's `__typename`, an HTTP status;
+never a study, subject, device or caller.
 
 With `gateway serve --workers N` (N > 1) each worker is its own process: `gateway serve` points
 `PROMETHEUS_MULTIPROC_DIR` at a fresh temporary folder before the workers start, every worker
@@ -63,6 +64,15 @@ KDF_IN_FLIGHT = Gauge(
     "gateway_kdf_in_flight",
     "OTP hashes and checks running or waiting for a KDF worker.",
     multiprocess_mode="livesum",
+)
+OTP_RESERVE = Gauge(
+    "gateway_otp_reserve",
+    "New OTPs hashed ahead and ready in the local engine's reserve (the sum of the workers).",
+    multiprocess_mode="livesum",
+)
+OTP_RESERVE_MISSES = Counter(
+    "gateway_otp_reserve_misses",
+    "Regenerations that found the local engine's OTP reserve empty and hashed an OTP of their own.",
 )
 STORE_COMMITS = Counter(
     "gateway_store_commits",

@@ -82,6 +82,10 @@ async def test_each_outcome_moves_its_counter_by_one_and_no_label_names_anyone(
     assert moved("gateway_request_duration_seconds_count", face="device") == 1
     assert moved("gateway_store_commits_total") >= 3  # each attempt's unit of work committed
     assert value(after, "gateway_kdf_in_flight") == 0  # the hashes have finished
+    # The first regeneration found the OTP reserve empty (nothing is hashed before one asks); its
+    # refill (64 by default, several a hand-off at the tests' low cost) has begun.
+    assert moved("gateway_otp_reserve_misses_total") >= 1
+    assert ("gateway_otp_reserve", frozenset()) in after
     assert ("gateway_upstream_circuit_open", frozenset()) in after  # a gauge: 0 or 1 (the upstream tests move it)
     for name in ("gateway_upstream_requests_total", "gateway_request_duration_seconds_bucket"):
         assert f"# TYPE {name.removesuffix('_total').removesuffix('_bucket')}" in text

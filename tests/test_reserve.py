@@ -179,3 +179,25 @@ async def test_an_empty_reserve_falls_back_to_hashing_per_request(
     async with reserved.store.engine.connect() as conn:
         stored = (await conn.execute(select(credentials.c.access_id))).scalars().all()
     assert stored == [issued.access_id]
+
+
+async def test_the_ready_otps_and_the_misses_are_metrics(pool: CountingPool) -> None:
+    from prometheus_client import REGISTRY
+
+    def sample(name: str) -> float:
+        return REGISTRY.get_sample_value(name) or 0.0
+
+    misses = sample("gateway_otp_reserve_misses_total")
+    reserve = OtpReserve(pool, TEST_KDF_COST, 6)
+    assert reserve.take() is None
+    assert sample("gateway_otp_reserve_misses_total") == misses + 1
+    await reserve.fill()
+    assert sample("gateway_otp_reserve") == 6
+    taken = reserve.take()
+    assert taken is not None
+    assert sample("gateway_otp_reserve") == 5
+    reserve.give_back(taken)
+    assert sample("gateway_otp_reserve") == 6
+    assert sample("gateway_otp_reserve_misses_total") == misses + 1
+    await reserve.close()
+    assert sample("gateway_otp_reserve") == 0

@@ -15,7 +15,8 @@ as it did without one, so the reserve changes how soon an answer comes, never wh
 - Refills run on the pool's threads, as the request's own hashes do (lower priority than the event
   loop, at most `GATEWAY_KDF_WORKERS` at once), several OTPs to a hand-off when a hash is cheap.
 - The OTPs wait in this process's memory only, never in the store, a log or a metric; `close` (the
-  app's lifespan) stops the refill and forgets them.
+  app's lifespan) stops the refill and forgets them. How many are ready is a metric
+  (`gateway_otp_reserve`), and so is each take that found none (`gateway_otp_reserve_misses_total`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from contextlib import suppress
 from dataclasses import dataclass
 
 from gateway.engine.otp import KdfPool, new_otp
+from gateway.metrics import OTP_RESERVE, OTP_RESERVE_MISSES
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +72,12 @@ class OtpReserve:
     def take(self) -> HashedOtp | None:
         """A hashed OTP if one is ready, else None (never waits); a refill starts when the reserve is
         not full. The OTP is the caller's: it is not handed out again unless given back."""
-        taken = self._ready.popleft() if self._ready else None
+        if self._ready:
+            taken: HashedOtp | None = self._ready.popleft()
+            OTP_RESERVE.set(len(self._ready))
+        else:
+            taken = None
+            OTP_RESERVE_MISSES.inc()
         self._start_refill()
         return taken
 
@@ -81,6 +88,7 @@ class OtpReserve:
             self._ready.appendleft(taken)
             if len(self._ready) > self.size:  # refilled meanwhile: the newest goes
                 self._ready.pop()
+            OTP_RESERVE.set(len(self._ready))
 
     async def fill(self) -> None:
         """Wait until the reserve is full (the refill under way, or one started now)."""
@@ -107,6 +115,7 @@ class OtpReserve:
                     self._ready.extend(HashedOtp(otp, otp_hash) for otp, otp_hash in zip(batch, hashes, strict=True))
                 while len(self._ready) > self.size:  # given back while this batch was hashed
                     self._ready.pop()
+                OTP_RESERVE.set(len(self._ready))
         except Exception:
             # The next take starts another refill; meanwhile regenerations hash their own OTPs.
             log.exception("the OTP reserve could not be refilled; regenerations hash their own OTPs meanwhile")
@@ -120,3 +129,4 @@ class OtpReserve:
             with suppress(asyncio.CancelledError):
                 await refill
         self._ready.clear()
+        OTP_RESERVE.set(0)
