@@ -137,25 +137,27 @@ async def test_a_regeneration_issues_a_reserved_otp_without_waiting_for_the_kdf(
     assert pool.hand_offs == hand_offs + 1
 
 
+async def next_out(engine: CredentialEngine) -> HashedOtp:
+    """The OTP the engine's (filled) reserve gives out next, left in it."""
+    assert engine.reserve is not None
+    await engine.reserve.fill()
+    ready = engine.reserve.take()
+    assert ready is not None
+    engine.reserve.give_back(ready)
+    return ready
+
+
 async def test_a_refused_attempt_gives_its_otp_back(reserved: CredentialEngine) -> None:
-    assert reserved.reserve is not None
-    await reserved.reserve.fill()
-    next_out = reserved.reserve.take()
-    assert next_out is not None
-    reserved.reserve.give_back(next_out)
+    upcoming = await next_out(reserved)
     with pytest.raises(Refusal) as refused:
         await reserved.regenerate(ref_for(studyId="0" * 32), CALLER)
     assert refused.value.code is ErrorCode.STUDY_NOT_FOUND
     issued = await reserved.regenerate(ref_for(), CALLER)
-    assert issued.otp == next_out.otp  # never left the gateway: issued now, once
+    assert issued.otp == upcoming.otp  # never left the gateway: issued now, once
 
 
 async def test_an_otp_whose_unit_failed_is_never_issued(reserved: CredentialEngine) -> None:
-    assert reserved.reserve is not None
-    await reserved.reserve.fill()
-    doomed = reserved.reserve.take()
-    assert doomed is not None
-    reserved.reserve.give_back(doomed)
+    doomed = await next_out(reserved)
     async with reserved.store.engine.begin() as conn:
         await conn.run_sync(credentials.drop)
     with pytest.raises(Refusal) as failed:
@@ -163,6 +165,7 @@ async def test_an_otp_whose_unit_failed_is_never_issued(reserved: CredentialEngi
     assert failed.value.code is ErrorCode.INTERNAL_SERVER_ERROR
     async with reserved.store.engine.begin() as conn:
         await conn.run_sync(credentials.create)
+    assert reserved.reserve is not None
     await reserved.reserve.fill()
     ready = [reserved.reserve.take() for _ in range(len(reserved.reserve))]
     assert doomed.otp not in {each.otp for each in ready if each is not None}
