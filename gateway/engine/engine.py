@@ -103,15 +103,17 @@ class CredentialEngine:
             raise Refusal(ErrorCode.INTERNAL_SERVER_ERROR) from None
 
     async def _regenerate(self, ref: DeviceRef, attempt: Attempt | _Unaudited) -> Credentials:
-        reserved = self.reserve.take() if self.reserve is not None else None
-        if reserved is not None:
+        reserve = self.reserve
+        reserved = reserve.take() if reserve is not None else None
+        if reserve is not None and reserved is not None:
             # Hashed ahead: one unit of work judges the device (locked) and stores the pair.
             try:
                 return await self._issue(ref, attempt, reserved)
             except Refusal:
-                assert self.reserve is not None
-                self.reserve.give_back(reserved)  # refused before its unit wrote: the OTP never left
+                reserve.give_back(reserved)  # refused before its unit wrote: the OTP never left
                 raise
+            finally:
+                reserve.refill()  # after a give-back the reserve is full again: a refusal costs no hash
         # No OTP ready: judge first (a refusal costs no hash), then hash one, then judge again and store.
         refusal = judge(ref, await self.store.read(lambda conn: tables.facts(conn, ref)))
         if refusal is not None:

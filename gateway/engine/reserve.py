@@ -12,6 +12,8 @@ as it did without one, so the reserve changes how soon an answer comes, never wh
 - Each OTP is issued at most once: `take` removes it. One taken by an attempt that was refused
   before anything was stored (the device's facts, a rate limit) never left the gateway and goes
   back (`give_back`); one whose unit may have been stored (a failed commit) is dropped.
+- A refill starts when an empty reserve is asked (`take`) and when an attempt that took an OTP has
+  ended (`refill`, after any `give_back`): a refused attempt, whose OTP came back, costs no hash.
 - Refills run on the pool's threads, as the request's own hashes do (lower priority than the event
   loop, at most `GATEWAY_KDF_WORKERS` at once), several OTPs to a hand-off when a hash is cheap.
 - The OTPs wait in this process's memory only, never in the store, a log or a metric; `close` (the
@@ -24,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from contextlib import suppress
 from dataclasses import dataclass
 
 from gateway.engine.otp import KdfPool, new_otp
@@ -70,16 +71,16 @@ class OtpReserve:
         return len(self._ready)
 
     def take(self) -> HashedOtp | None:
-        """A hashed OTP if one is ready, else None (never waits); a refill starts when the reserve is
-        not full. The OTP is the caller's: it is not handed out again unless given back."""
+        """A hashed OTP if one is ready, else None (never waits; a refill starts). The OTP is the
+        caller's: it is not handed out again unless given back. Once the attempt that took it has
+        ended (issued, dropped or given back), the caller calls `refill`."""
         if self._ready:
-            taken: HashedOtp | None = self._ready.popleft()
+            taken = self._ready.popleft()
             OTP_RESERVE.set(len(self._ready))
-        else:
-            taken = None
-            OTP_RESERVE_MISSES.inc()
+            return taken
+        OTP_RESERVE_MISSES.inc()
         self._start_refill()
-        return taken
+        return None
 
     def give_back(self, taken: HashedOtp) -> None:
         """An OTP `take` gave that was not issued: nothing was stored with it (the attempt was
@@ -89,6 +90,10 @@ class OtpReserve:
             if len(self._ready) > self.size:  # refilled meanwhile: the newest goes
                 self._ready.pop()
             OTP_RESERVE.set(len(self._ready))
+
+    def refill(self) -> None:
+        """Start a refill if the reserve is not full (none under way, not closed); never waits."""
+        self._start_refill()
 
     async def fill(self) -> None:
         """Wait until the reserve is full (the refill under way, or one started now)."""
@@ -108,10 +113,17 @@ class OtpReserve:
                 missing = self.size - len(self._ready)
                 jobs = min(self.kdf.workers, -(-missing // self.per_hand_off))
                 otps = [[new_otp() for _ in range(self.per_hand_off)] for _ in range(jobs)]
-                hashed = await asyncio.gather(*(self.kdf.hash_many(batch, self.cost) for batch in otps))
+                # Every job ends before the refill goes on (or fails): none is left running on its own.
+                hashed = await asyncio.gather(
+                    *(self.kdf.hash_many(batch, self.cost) for batch in otps), return_exceptions=True
+                )
                 if self._closed:
                     return
+                for failed in hashed:
+                    if isinstance(failed, BaseException):
+                        raise failed
                 for batch, hashes in zip(otps, hashed, strict=True):
+                    assert not isinstance(hashes, BaseException)
                     self._ready.extend(HashedOtp(otp, otp_hash) for otp, otp_hash in zip(batch, hashes, strict=True))
                 while len(self._ready) > self.size:  # given back while this batch was hashed
                     self._ready.pop()
@@ -121,12 +133,15 @@ class OtpReserve:
             log.exception("the OTP reserve could not be refilled; regenerations hash their own OTPs meanwhile")
 
     async def close(self) -> None:
-        """Stop refilling (waiting for a hash under way to end) and forget the OTPs ready."""
+        """Stop refilling (waiting for the hashes under way to end) and forget the OTPs ready.
+
+        The refill's task is not cancelled: a task's cancel goes around `KdfPool`'s shield (an anyio
+        cancel scope), so the hash would go on on its thread after the lifespan, its turn given back
+        (beyond the pool's bound). The refill stops by itself once its hashes are done: it checks
+        `_closed` and adds nothing after it."""
         self._closed = True
         refill, self._refill = self._refill, None
-        if refill is not None:
-            refill.cancel()
-            with suppress(asyncio.CancelledError):
-                await refill
         self._ready.clear()
         OTP_RESERVE.set(0)
+        if refill is not None:
+            await asyncio.wait([refill])  # the caller's own cancellation is not swallowed
