@@ -338,8 +338,13 @@ class Attempt(Protocol):
     - `begin()` (a backend that asks elsewhere, before its call): the counts and an audit row
       saying the call is under way are durable first; the outcome row follows when it ends.
 
-    Both raise `RateLimited` (committed too) when the attempt is over a limit.
+    Both raise `RateLimited` (committed too, counting nothing) when the attempt is over a limit.
+    `check()` asks the same without committing anything: for a backend about to do costly work
+    before its unit of work (the engine's KDF hash).
     """
+
+    async def check(self) -> None:
+        """Raise `RateLimited` if the attempt is over a limit now; counts and commits nothing."""
 
     async def commit(self, change: Change[T]) -> T:
         """Run `change` in the attempt's unit of work and commit it; return what it returned."""

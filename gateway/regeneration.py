@@ -123,9 +123,9 @@ class RegenerationService:
         outcome = UNEXPECTED_ERROR
         credentials: Credentials | None = None
         try:
-            # A caller over a limit never reaches the backend (no upstream call, no KDF hash, no
-            # count against the device). The unit of work counts and refuses on its own as well.
-            await attempt.check()
+            # Rate limits are the unit of work's: an attempt over a limit is refused there, before
+            # anything else it would do, counting nothing. A backend about to do costly work before
+            # its unit (the engine's KDF hash) asks first (`attempt.check`).
             credentials = await self.backend.regenerate(ref, caller, attempt)
             outcome = SUCCESS
             return credentials
@@ -195,7 +195,8 @@ class RegenerationAttempt:
         )
 
     async def check(self) -> None:
-        """Raise `RateLimited` if a commit now would be over a limit; counts nothing (one read)."""
+        """Raise `RateLimited` if a commit now would be over a limit; counts nothing (one read, before
+        work that costs: the engine's KDF hash when no OTP is ready)."""
         retry_after = await self.service.audit.store.read(lambda conn: self.service.limiter.peek(conn, self.limits))
         if retry_after is not None:
             raise RateLimited(retry_after)
@@ -230,6 +231,11 @@ class RegenerationAttempt:
         return answer
 
     def _count(self, conn: Connection) -> RateLimited | None:
+        """Count the attempt against its limits, in its unit of work. An attempt already over one is
+        refused counting nothing: a caller over its own limit spends no device's budget."""
+        retry_after = self.service.limiter.peek(conn, self.limits)
+        if retry_after is not None:
+            return RateLimited(retry_after)
         for limit, key in self.limits:
             exceeded = self.service.limiter.hit(conn, limit, key)
             if exceeded is not None:

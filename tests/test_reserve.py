@@ -53,7 +53,8 @@ async def test_the_reserve_fills_only_when_first_asked_and_gives_each_otp_once(p
     reserve = OtpReserve(pool, TEST_KDF_COST, 40)
     assert len(reserve) == 0
     assert pool.hand_offs == 0
-    assert reserve.take() is None  # empty: the caller hashes its own; a refill starts
+    assert reserve.take() is None  # empty: the caller hashes its own, then asks for a refill
+    assert pool.hand_offs == 0
     await reserve.fill()
     assert len(reserve) == 40
     assert pool.hand_offs == 1  # at cost 4 one hand-off carries every OTP the reserve lacks
@@ -103,7 +104,7 @@ async def test_an_otp_given_back_is_the_next_one_out_and_the_reserve_keeps_its_b
 
 async def test_close_stops_the_refill_and_forgets_the_otps(pool: CountingPool) -> None:
     reserve = OtpReserve(pool, 12, 4)  # dear enough that the refill is still under way
-    assert reserve.take() is None
+    reserve.refill()
     await reserve.close()
     assert len(reserve) == 0
     assert reserve.take() is None
@@ -204,3 +205,19 @@ async def test_the_ready_otps_and_the_misses_are_metrics(pool: CountingPool) -> 
     assert sample("gateway_otp_reserve_misses_total") == misses + 1
     await reserve.close()
     assert sample("gateway_otp_reserve") == 0
+
+
+async def test_an_attempt_that_finds_none_ready_hashes_first_then_the_reserve_refills(
+    store: Store, clock: Clock, pool: CountingPool
+) -> None:
+    """With nothing ready (the first regeneration), the attempt's own hash is not queued behind a
+    refill: the refill starts once the attempt has ended."""
+    engine = CredentialEngine(store, kdf_cost=TEST_KDF_COST, clock=clock, kdf=pool, reserve=4)
+    assert engine.reserve is not None
+    issued = await engine.regenerate(ref_for(), CALLER)
+    assert pool.hashes == 1
+    assert pool.hand_offs == 0  # the refill had not begun while the attempt hashed
+    assert await pair_works(engine, issued.access_id, issued.otp)
+    await engine.reserve.fill()
+    assert len(engine.reserve) == 4
+    await engine.close()

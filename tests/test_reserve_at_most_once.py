@@ -433,6 +433,7 @@ async def test_close_waits_for_the_hash_under_way(monkeypatch: pytest.MonkeyPatc
     reserve = OtpReserve(pool, 14, 2)
     try:
         assert reserve.take() is None
+        reserve.refill()
         await asyncio.sleep(0.05)
         assert slow.running == 1
         await reserve.close()
@@ -454,6 +455,7 @@ async def test_a_refill_job_that_fails_leaves_no_task_behind(
     try:
         with caplog.at_level(logging.ERROR):
             assert reserve.take() is None
+            reserve.refill()
             refill = reserve._refill
             assert refill is not None
             await asyncio.wait([refill])

@@ -22,7 +22,7 @@ from gateway.domain import (
     UnrecognizedUpstream,
 )
 from gateway.engine.engine import CredentialEngine
-from gateway.rate_limits import Limit, RateLimiter
+from gateway.rate_limits import Limit, RateLimiter, rate_counters
 from gateway.regeneration import DeviceRequest, Policy, RegenerationService
 from gateway.settings import Settings
 from gateway.store import Store, UnitOfWork
@@ -134,21 +134,38 @@ async def test_the_right_for_this_study_and_mode_is_enough(
     assert await outcomes(store) == ["SUCCESS"]
 
 
-async def test_device_rate_limit(store: Store, engine: CredentialEngine, clock: Clock) -> None:
-    svc, backend = service(store, engine, clock, device=2)
+async def test_device_rate_limit(
+    store: Store, engine: CredentialEngine, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    svc, _ = service(store, engine, clock, device=2)
     await svc.regenerate(request(), caller())
     clock.advance(timedelta(minutes=5))
     await svc.regenerate(request(), caller())
+    counted = await counters(store)
+    hashed: list[str] = []
+    monkeypatch.setattr(engine.kdf, "hash", lambda otp, cost: hashed.append(otp))
     limited = await refusal(svc, request(), caller())
     assert limited.code is ErrorCode.RATE_LIMITED
     assert isinstance(limited, RateLimited)
     assert limited.retry_after_seconds == 10 * 60
-    assert backend.calls == 2
+    # Refused in its unit of work, counting nothing (the caller's budget is not spent on it), and
+    # before any KDF hash (the engine asks `attempt.check` before hashing).
+    assert await counters(store) == counted
+    assert not hashed
+    assert await outcomes(store) == ["SUCCESS", "SUCCESS", "RATE_LIMITED"]
+    monkeypatch.undo()
     # Another device of the same caller is not held back; the window's end frees this one.
     await svc.regenerate(request(inventory_id="DEMO-CLOUD-READY"), caller())
     clock.advance(timedelta(minutes=10))
     await svc.regenerate(request(), caller())
-    assert backend.calls == 4
+    assert (await outcomes(store))[-2:] == ["SUCCESS", "SUCCESS"]
+
+
+async def counters(store: Store) -> list[tuple[str, int]]:
+    """Every rate-limit counter's key and count."""
+    async with store.engine.connect() as conn:
+        rows = await conn.execute(select(rate_counters.c.key, rate_counters.c.count).order_by(rate_counters.c.key))
+        return [(key, count) for key, count in rows]
 
 
 async def test_caller_rate_limit(store: Store, engine: CredentialEngine, clock: Clock) -> None:
@@ -293,25 +310,49 @@ async def test_tampering_is_found(store: Store, engine: CredentialEngine, clock:
         assert (await conn.execute(select(func.count()).select_from(audit_events))).scalar_one() == 2
 
 
+class UpstreamLike:
+    """An upstream-like backend: its unit of work (`begin`) commits before its call; it takes the
+    inventory ID as sent, so `demo-ready-01` is a spelling of it."""
+
+    name = "upstream"
+
+    async def readiness(self) -> Readiness:
+        return Readiness(True)
+
+    async def regenerate(self, ref: DeviceRef, caller: Caller, attempt: Attempt) -> Credentials:
+        await attempt.begin()
+        return Credentials(access_id="ABC234", otp="ABCD2345", device_id="F" * 32, expires_at=None)
+
+
+async def test_an_attempt_over_its_callers_limit_spends_no_devices_budget(store: Store, clock: Clock) -> None:
+    """The unit of work refuses an attempt already over a limit before it counts anything: a caller
+    over its own limit cannot use up the budget of the devices it asks for."""
+    window = timedelta(minutes=15)
+    policy = Policy(
+        require_principal=True, device_limit=Limit("device", 100, window), caller_limit=Limit("caller", 2, window)
+    )
+    svc = RegenerationService(
+        UpstreamLike(), AuditTrail(store, TEST_AUDIT_KEY), RateLimiter(store, clock), policy, clock
+    )
+    await svc.regenerate(request(), caller())
+    await svc.regenerate(request(inventory_id="DEMO-CLOUD-READY"), caller())
+    counted = await counters(store)
+    for _ in range(3):
+        limited = await refusal(svc, request(inventory_id="DEMO-UNREGISTERED"), caller())
+        assert limited.code is ErrorCode.RATE_LIMITED
+    assert await counters(store) == counted  # no counter for the third device, the caller's still at 2
+    assert await outcomes(store) == ["PENDING", "SUCCESS", "PENDING", "SUCCESS", *["RATE_LIMITED"] * 3]
+
+
 async def test_spelling_variants_of_one_inventory_id_share_one_device_budget(store: Store, clock: Clock) -> None:
-    class Upstream:
-        """An upstream-like backend: it takes the inventory ID as sent, so `demo-ready-01` is a spelling of it."""
-
-        name = "upstream"
-
-        async def readiness(self) -> Readiness:
-            return Readiness(True)
-
-        async def regenerate(self, ref: DeviceRef, caller: Caller, attempt: Attempt) -> Credentials:
-            await attempt.begin()
-            return Credentials(access_id="ABC234", otp="ABCD2345", device_id="F" * 32, expires_at=None)
-
     policy = Policy(
         require_principal=True,
         device_limit=Limit("device", 2, timedelta(minutes=15)),
         caller_limit=Limit("caller", 100, timedelta(minutes=15)),
     )
-    svc = RegenerationService(Upstream(), AuditTrail(store, TEST_AUDIT_KEY), RateLimiter(store, clock), policy, clock)
+    svc = RegenerationService(
+        UpstreamLike(), AuditTrail(store, TEST_AUDIT_KEY), RateLimiter(store, clock), policy, clock
+    )
     await svc.regenerate(request(inventory_id="DEMO-READY-01"), caller())
     await svc.regenerate(request(inventory_id="demo-ready-01"), caller())
     limited = await refusal(svc, request(inventory_id="Demo-Ready-01"), caller())

@@ -65,6 +65,9 @@ class _Unaudited:
     async def begin(self) -> None:
         return None
 
+    async def check(self) -> None:
+        return None
+
 
 class CredentialEngine:
     """The `Backend` that issues credentials itself, from the registry in its store."""
@@ -104,17 +107,27 @@ class CredentialEngine:
 
     async def _regenerate(self, ref: DeviceRef, attempt: Attempt | _Unaudited) -> Credentials:
         reserve = self.reserve
-        reserved = reserve.take() if reserve is not None else None
-        if reserve is not None and reserved is not None:
+        if reserve is None:
+            return await self._hash_and_issue(ref, attempt)
+        try:
+            reserved = reserve.take()
+            if reserved is None:
+                return await self._hash_and_issue(ref, attempt)
             # Hashed ahead: one unit of work judges the device (locked) and stores the pair.
             try:
                 return await self._issue(ref, attempt, reserved)
             except Refusal:
                 reserve.give_back(reserved)  # refused before its unit wrote: the OTP never left
                 raise
-            finally:
-                reserve.refill()  # after a give-back the reserve is full again: a refusal costs no hash
-        # No OTP ready: judge first (a refusal costs no hash), then hash one, then judge again and store.
+        finally:
+            # Once the attempt has ended (a refusal's OTP given back: nothing to hash), and not
+            # before: with none ready, the attempt's own hash goes first.
+            reserve.refill()
+
+    async def _hash_and_issue(self, ref: DeviceRef, attempt: Attempt | _Unaudited) -> Credentials:
+        """With no OTP hashed ahead: a caller over a limit goes no further; judge first (a refusal
+        costs no hash), then hash one, then judge again and store."""
+        await attempt.check()
         refusal = judge(ref, await self.store.read(lambda conn: tables.facts(conn, ref)))
         if refusal is not None:
             await attempt.commit(_refuse(refusal))

@@ -12,8 +12,9 @@ as it did without one, so the reserve changes how soon an answer comes, never wh
 - Each OTP is issued at most once: `take` removes it. One taken by an attempt that was refused
   before anything was stored (the device's facts, a rate limit) never left the gateway and goes
   back (`give_back`); one whose unit may have been stored (a failed commit) is dropped.
-- A refill starts when an empty reserve is asked (`take`) and when an attempt that took an OTP has
-  ended (`refill`, after any `give_back`): a refused attempt, whose OTP came back, costs no hash.
+- A refill starts once an attempt has ended (`refill`, after any `give_back`): a refused attempt,
+  whose OTP came back, costs no hash; an attempt that found none ready hashes its own OTP first,
+  ahead of the refill, on the pool's free threads.
 - Refills run on the pool's threads, as the request's own hashes do (lower priority than the event
   loop, at most `GATEWAY_KDF_WORKERS` at once), several OTPs to a hand-off when a hash is cheap.
 - The OTPs wait in this process's memory only, never in the store, a log or a metric; `close` (the
@@ -71,15 +72,14 @@ class OtpReserve:
         return len(self._ready)
 
     def take(self) -> HashedOtp | None:
-        """A hashed OTP if one is ready, else None (never waits; a refill starts). The OTP is the
-        caller's: it is not handed out again unless given back. Once the attempt that took it has
-        ended (issued, dropped or given back), the caller calls `refill`."""
+        """A hashed OTP if one is ready, else None (never waits). The OTP is the caller's: it is not
+        handed out again unless given back. Once its attempt has ended (the OTP issued, dropped or
+        given back; or, with none ready, the attempt's own hash done), the caller calls `refill`."""
         if self._ready:
             taken = self._ready.popleft()
             OTP_RESERVE.set(len(self._ready))
             return taken
         OTP_RESERVE_MISSES.inc()
-        self._start_refill()
         return None
 
     def give_back(self, taken: HashedOtp) -> None:
