@@ -497,16 +497,22 @@ async def test_a_failing_refill_is_logged_and_regenerations_still_work(
         engine.kdf.close()
 
 
-async def test_nothing_is_refilled_after_close(store: Store, clock: Clock) -> None:
-    engine = CredentialEngine(store, kdf_cost=TEST_KDF_COST, clock=clock, reserve=4)
-    calls: list[int] = []
+def count_hashed(engine: CredentialEngine) -> list[int]:
+    """How many OTPs each of the engine's reserve refill hand-offs hashed, from now on."""
+    hashed: list[int] = []
     original = engine.kdf.hash_many
 
     async def counting(otps: Sequence[str], cost: int) -> list[str]:
-        calls.append(len(otps))
+        hashed.append(len(otps))
         return await original(otps, cost)
 
     engine.kdf.hash_many = counting  # type: ignore[method-assign]
+    return hashed
+
+
+async def test_nothing_is_refilled_after_close(store: Store, clock: Clock) -> None:
+    engine = CredentialEngine(store, kdf_cost=TEST_KDF_COST, clock=clock, reserve=4)
+    calls = count_hashed(engine)
     try:
         await engine.regenerate(ref_for(), CALLER)
         await engine.close()
@@ -526,18 +532,10 @@ async def test_nothing_is_refilled_after_close(store: Store, clock: Clock) -> No
 
 
 async def test_a_refused_regeneration_costs_no_hash(store: Store, clock: Clock) -> None:
-    """README: the OTP hash (the slow part) is computed only when the rules, read first, let the
-    attempt through. With the reserve, each refusal takes an OTP, which starts a refill, which
-    hashes one, and then the refused OTP comes back and the new one is thrown away."""
+    """A refused attempt's OTP comes back to a full reserve: no refill, no OTP hashed and thrown
+    away (a refill that started when the OTP was taken used to do just that)."""
     engine = CredentialEngine(store, kdf_cost=TEST_KDF_COST, clock=clock, reserve=4)
-    hashed: list[int] = []
-    original = engine.kdf.hash_many
-
-    async def counting(otps: Sequence[str], cost: int) -> list[str]:
-        hashed.append(len(otps))
-        return await original(otps, cost)
-
-    engine.kdf.hash_many = counting  # type: ignore[method-assign]
+    hashed = count_hashed(engine)
     try:
         assert engine.reserve is not None
         await engine.reserve.fill()
