@@ -221,3 +221,16 @@ async def test_an_attempt_that_finds_none_ready_hashes_first_then_the_reserve_re
     await engine.reserve.fill()
     assert len(engine.reserve) == 4
     await engine.close()
+
+
+async def test_refusals_alone_hash_nothing_ahead(store: Store, clock: Clock, pool: CountingPool) -> None:
+    """The reserve starts filling once a regeneration has needed a hash: a gateway that only ever
+    refuses (an unknown study, say) spends no KDF time at all."""
+    engine = CredentialEngine(store, kdf_cost=TEST_KDF_COST, clock=clock, kdf=pool, reserve=4)
+    assert engine.reserve is not None
+    for _ in range(3):
+        with pytest.raises(Refusal) as refused:
+            await engine.regenerate(ref_for(studyId="0" * 32), CALLER)
+        assert refused.value.code is ErrorCode.STUDY_NOT_FOUND
+    await engine.close()  # waits for a refill, had one started
+    assert (pool.hashes, pool.hand_offs) == (0, 0)

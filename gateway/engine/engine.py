@@ -107,32 +107,34 @@ class CredentialEngine:
 
     async def _regenerate(self, ref: DeviceRef, attempt: Attempt | _Unaudited) -> Credentials:
         reserve = self.reserve
-        if reserve is None:
+        reserved = reserve.take() if reserve is not None else None
+        if reserve is None or reserved is None:
             return await self._hash_and_issue(ref, attempt)
+        # Hashed ahead: one unit of work judges the device (locked) and stores the pair.
         try:
-            reserved = reserve.take()
-            if reserved is None:
-                return await self._hash_and_issue(ref, attempt)
-            # Hashed ahead: one unit of work judges the device (locked) and stores the pair.
-            try:
-                return await self._issue(ref, attempt, reserved)
-            except Refusal:
-                reserve.give_back(reserved)  # refused before its unit wrote: the OTP never left
-                raise
+            return await self._issue(ref, attempt, reserved)
+        except Refusal:
+            reserve.give_back(reserved)  # refused before its unit wrote: the OTP never left
+            raise
         finally:
-            # Once the attempt has ended (a refusal's OTP given back: nothing to hash), and not
-            # before: with none ready, the attempt's own hash goes first.
-            reserve.refill()
+            reserve.refill()  # once the attempt has ended; after a refusal, nothing is missing
 
     async def _hash_and_issue(self, ref: DeviceRef, attempt: Attempt | _Unaudited) -> Credentials:
-        """With no OTP hashed ahead: a caller over a limit goes no further; judge first (a refusal
-        costs no hash), then hash one, then judge again and store."""
-        await attempt.check()
+        """With no OTP hashed ahead: judge first (a refusal costs no hash), then, unless the
+        attempt is over a limit, hash one, then judge again and store. An attempt that hashed its
+        own OTP starts the reserve's refill once it has ended (a gateway that only ever refuses
+        hashes nothing ahead)."""
         refusal = judge(ref, await self.store.read(lambda conn: tables.facts(conn, ref)))
         if refusal is not None:
-            await attempt.commit(_refuse(refusal))
+            await attempt.commit(_refuse(refusal))  # raises: the refusal (or the limit) is counted and audited
+        await attempt.check()
         otp = new_otp()
-        return await self._issue(ref, attempt, HashedOtp(otp, await self.kdf.hash(otp, self.kdf_cost)))
+        new = HashedOtp(otp, await self.kdf.hash(otp, self.kdf_cost))
+        try:
+            return await self._issue(ref, attempt, new)
+        finally:
+            if self.reserve is not None:
+                self.reserve.refill()
 
     async def _issue(self, ref: DeviceRef, attempt: Attempt | _Unaudited, new: HashedOtp) -> Credentials:
         """The attempt's unit of work: judge the device's facts with its row locked and store `new`

@@ -14,7 +14,8 @@ as it did without one, so the reserve changes how soon an answer comes, never wh
   back (`give_back`); one whose unit may have been stored (a failed commit) is dropped.
 - A refill starts once an attempt has ended (`refill`, after any `give_back`): a refused attempt,
   whose OTP came back, costs no hash; an attempt that found none ready hashes its own OTP first,
-  ahead of the refill, on the pool's free threads.
+  ahead of the refill, on the pool's free threads. An attempt refused with none ready (judged
+  before any hash) starts no refill: until a regeneration needs a hash, nothing is hashed ahead.
 - Refills run on the pool's threads, as the request's own hashes do (lower priority than the event
   loop, at most `GATEWAY_KDF_WORKERS` at once), several OTPs to a hand-off when a hash is cheap.
 - The OTPs wait in this process's memory only, never in the store, a log or a metric; `close` (the
