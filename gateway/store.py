@@ -76,6 +76,13 @@ metadata = MetaData()
 
 MAX_BATCH = 128
 """Units committed together at most: bounds a batch's transaction time."""
+GATHER_TURNS = 4
+"""Turns of the event loop the writer lets pass before it takes a batch. A request reaches
+`submit` a few turns after its bytes arrived (its body read, its reads done); letting the loop
+turn this often first gathers the attempts already under way into the batch, instead of
+committing the one or two that came first and the rest in the next. Idle, it delays a commit by
+four empty turns (microseconds). Measured (bench scenario 2 served alone, 16 connections): 8
+units a batch became 16, and an attempt's CPU fell from 421 to 352 µs; scenario 5's by 7 %."""
 READERS = 4
 """SQLite: connections for reads in worker threads (snapshots, and reads that found the database busy)."""
 POSTGRES_POOL_SIZE = 20
@@ -425,6 +432,8 @@ class Store:
         batch: list[_Pending] = []
         try:
             while self._queue:
+                for _ in range(GATHER_TURNS):
+                    await asyncio.sleep(0)
                 batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
                 # A caller that gave up before its turn (client gone) is not acted for.
                 await self._commit([pending for pending in batch if not pending.answer.done()])
