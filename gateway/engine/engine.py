@@ -128,6 +128,8 @@ class CredentialEngine:
         if refusal is not None:
             await attempt.commit(_refuse(refusal))  # raises: the refusal (or the limit) is counted and audited
         await attempt.check()
+        if self.reserve is not None:
+            self.reserve.missed()
         otp = new_otp()
         new = HashedOtp(otp, await self.kdf.hash(otp, self.kdf_cost))
         try:
