@@ -8,7 +8,8 @@ background: a regeneration takes one (`take`, which never waits) and its unit of
 device and stores the pair in one go. When the reserve is empty the engine hashes a new OTP itself,
 as it did without one, so the reserve changes how soon an answer comes, never what it is.
 
-- Lazy: nothing is hashed before the first regeneration asks (an idle gateway spends no KDF time).
+- Lazy: nothing is hashed ahead before a regeneration has hashed an OTP of its own (an idle gateway,
+  or one that has only refused, spends no KDF time).
 - Each OTP is issued at most once: `take` removes it. One taken by an attempt that was refused
   before anything was stored (the device's facts, a rate limit) never left the gateway and goes
   back (`give_back`); one whose unit may have been stored (a failed commit) is dropped.
