@@ -127,7 +127,8 @@ class CredentialEngine:
         hashes nothing ahead)."""
         refusal = judge(ref, await self.store.read(lambda conn: tables.facts(conn, ref)))
         if refusal is not None:
-            await attempt.commit(_refuse(refusal))  # raises: the refusal (or the limit) is counted and audited
+            # Raises: the refusal counted and audited; over a limit, RATE_LIMITED, counting nothing.
+            await attempt.commit(_refuse(refusal))
         await attempt.check()
         if self.reserve is not None:
             self.reserve.missed()
