@@ -445,8 +445,8 @@ class Settings(_Group):
     blocking the event loop"""
     otp_reserve: int = Field(64, ge=0, le=4096)
     """new OTPs the local engine keeps hashed ahead of need, in memory, so that a regeneration need not wait for
-    the KDF (refilled in the background on the KDF's threads once regenerations begin); 0: each regeneration
-    hashes its own"""
+    the KDF (refilled in the background on the KDF's threads once a regeneration has hashed an OTP of its own);
+    0: each regeneration hashes its own"""
     demo_data: bool = True
     """`gateway serve` loads the demo registry into an empty local store"""
     log_level: Annotated[Literal["debug", "info", "warning", "error"], Choice] = "info"

@@ -8,8 +8,9 @@ is given, so upstream mode has no engine tables.
 **Units of work and group commit.** Everything one attempt writes is a *unit*: a plain function
 of a `UnitOfWork` (its connection, and `defer` for rows a participant such as the audit trail
 writes at the end of the batch). `Store.submit(unit)` queues it; one writer task per store takes
-every unit waiting, runs them one after another in **one transaction**, lets the participants
-flush what the units deferred, and commits. Each caller is answered only after that commit
+every unit waiting (having first let the event loop turn `GATHER_TURNS` times, so that the attempts
+already on their way join the batch), runs them one after another in **one transaction**, lets the
+participants flush what the units deferred, and commits. Each caller is answered only after that commit
 (durable: SQLite runs `synchronous=FULL`, PostgreSQL's default `synchronous_commit=on`), so
 concurrent attempts share one sync instead of paying one each. A unit that raises is rolled back
 alone: the transaction is rolled back and the other units run again in a new one (units read

@@ -194,6 +194,8 @@ async def test_the_ready_otps_and_the_misses_are_metrics(pool: CountingPool) -> 
     misses = sample("gateway_otp_reserve_misses_total")
     reserve = OtpReserve(pool, TEST_KDF_COST, 6)
     assert reserve.take() is None
+    assert sample("gateway_otp_reserve_misses_total") == misses  # not until the caller hashes its own
+    reserve.missed()
     assert sample("gateway_otp_reserve_misses_total") == misses + 1
     await reserve.fill()
     assert sample("gateway_otp_reserve") == 6
@@ -234,3 +236,25 @@ async def test_refusals_alone_hash_nothing_ahead(store: Store, clock: Clock, poo
         assert refused.value.code is ErrorCode.STUDY_NOT_FOUND
     await engine.close()  # waits for a refill, had one started
     assert (pool.hashes, pool.hand_offs) == (0, 0)
+
+
+async def test_a_miss_is_counted_only_when_a_regeneration_hashes_its_own_otp(
+    store: Store, clock: Clock, pool: CountingPool
+) -> None:
+    """`gateway_otp_reserve_misses_total` counts regenerations that hashed an OTP of their own (the
+    reserve may be too small). A refusal with none ready hashes nothing and starts no refill, so
+    the reserve stays empty: counted, a gateway that only refuses would count a miss for each."""
+    from prometheus_client import REGISTRY
+
+    def misses() -> float:
+        return REGISTRY.get_sample_value("gateway_otp_reserve_misses_total") or 0.0
+
+    engine = CredentialEngine(store, kdf_cost=TEST_KDF_COST, clock=clock, kdf=pool, reserve=4)
+    before = misses()
+    for _ in range(3):
+        with pytest.raises(Refusal):
+            await engine.regenerate(ref_for(studyId="0" * 32), CALLER)
+    assert (pool.hashes, misses()) == (0, before)
+    await engine.regenerate(ref_for(), CALLER)  # none ready: it hashes its own
+    assert (pool.hashes, misses()) == (1, before + 1)
+    await engine.close()

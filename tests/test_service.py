@@ -26,7 +26,7 @@ from gateway.rate_limits import Limit, RateLimiter, rate_counters
 from gateway.regeneration import DeviceRequest, Policy, RegenerationService
 from gateway.settings import Settings
 from gateway.store import Store, UnitOfWork
-from tests.demo import READY_DEVICE, STUDY, SUBJECT, TEST_AUDIT_KEY, Clock
+from tests.demo import READY_DEVICE, STUDY, SUBJECT, TEST_AUDIT_KEY, TEST_KDF_COST, Clock
 
 pytestmark = pytest.mark.anyio
 
@@ -368,3 +368,32 @@ async def test_two_long_subjects_sharing_a_prefix_keep_their_own_budgets(
     await svc.regenerate(request(inventory_id="DEMO-CLOUD-READY"), caller(Principal(second, None, EVERYTHING.rights)))
     limited = await refusal(svc, request(), caller(Principal(first, None, EVERYTHING.rights)))
     assert limited.code is ErrorCode.RATE_LIMITED
+
+
+@pytest.mark.parametrize("reserve", [0, 4], ids=["no-reserve", "reserve-empty"])
+@pytest.mark.parametrize("study", [STUDY, "0" * 32], ids=["ready", "unknown-study"])
+async def test_with_no_otp_ready_an_attempt_over_a_limit_is_refused_first_whatever_its_device(
+    store: Store, clock: Clock, monkeypatch: pytest.MonkeyPatch, reserve: int, study: str
+) -> None:
+    """The engine with no OTP ready judges the device first, and a refusal commits at once; an
+    attempt over a limit is still answered RATE_LIMITED (not the device's refusal), counting
+    nothing and hashing nothing, whether its device would have been refused or not."""
+    engine = CredentialEngine(store, kdf_cost=TEST_KDF_COST, clock=clock, reserve=reserve)
+    try:
+        svc, _ = service(store, engine, clock, per_caller=2)
+        await svc.regenerate(request(), caller())
+        await svc.regenerate(request(inventory_id="DEMO-CLOUD-READY"), caller())
+        if engine.reserve is not None:
+            await engine.reserve.close()  # none ready from here on
+        counted = await counters(store)
+        hashed: list[str] = []
+        monkeypatch.setattr(engine.kdf, "hash", lambda otp, cost: hashed.append(otp))
+        limited = await refusal(svc, request(study_id=study), caller())
+        assert limited.code is ErrorCode.RATE_LIMITED
+        assert isinstance(limited, RateLimited)
+        assert limited.retry_after_seconds == 15 * 60
+        assert await counters(store) == counted
+        assert not hashed
+        assert await outcomes(store) == ["SUCCESS", "SUCCESS", "RATE_LIMITED"]
+    finally:
+        await engine.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sqlite3
 import time
@@ -25,7 +26,7 @@ from gateway.engine.tables import credentials
 from gateway.rate_limits import Limit, RateLimiter
 from gateway.regeneration import DeviceRequest, Policy, RegenerationService
 from gateway.settings import Settings
-from gateway.store import Store, UnitOfWork
+from gateway.store import GATHER_TURNS, Store, UnitOfWork
 from tests.demo import ALL_TABLES, READY_DEVICE, STUDY, SUBJECT, TEST_AUDIT_KEY, Clock, Database
 
 pytestmark = pytest.mark.anyio
@@ -202,3 +203,29 @@ async def test_upstream_mode_creates_no_engine_tables(database: Database, backen
     assert {"audit_events", "audit_head", "rate_counters"} <= names
     assert ("credentials" in names) is engine_tables
     assert ("devices" in names) is engine_tables
+
+
+async def test_the_writers_gather_turns_act_for_no_caller_gone_and_close_waits_for_them(store: Store) -> None:
+    """The writer lets the loop turn (`GATHER_TURNS`) before it takes a batch: a caller gone meanwhile
+    is not acted for, one still waiting is answered, and `close` meanwhile lets the batch commit."""
+    ran: list[str] = []
+
+    def unit(name: str) -> Any:
+        def run(work: UnitOfWork) -> str:
+            ran.append(name)
+            return name
+
+        return run
+
+    gone = asyncio.create_task(store.submit(unit("gone")))
+    staying = asyncio.create_task(store.submit(unit("staying")))
+    await asyncio.sleep(0)  # both queued; the writer is in its turns
+    assert not ran
+    gone.cancel()
+    closing = asyncio.create_task(store.close())
+    for _ in range(GATHER_TURNS):
+        await asyncio.sleep(0)
+    assert await asyncio.wait_for(staying, 10) == "staying"
+    await asyncio.wait_for(closing, 10)
+    assert gone.cancelled()
+    assert ran == ["staying"]

@@ -4,9 +4,10 @@ A regeneration takes an OTP hashed ahead of need from the engine's reserve (`Otp
 one unit of work: it judges the device's facts with its row locked and stores the new pair, or
 commits the refusal (the OTP then goes back to the reserve, never having left the gateway). With no
 OTP ready, it reads the facts and judges them first (no lock, no write): a refusal is committed at
-once, with no OTP hash spent. Otherwise the slow OTP hash is computed off the event loop, and the
-attempt's unit of work judges again with the device row locked and writes the new pair. Either way
-the pair stored was issued against facts that still hold.
+once, with no OTP hash spent. Otherwise, unless the attempt is already over a rate limit
+(`Attempt.check`, a read), the slow OTP hash is computed off the event loop, and the attempt's unit
+of work judges again with the device row locked and writes the new pair. Either way the pair stored
+was issued against facts that still hold.
 
 A bootstrap (the device side) spends a pair once: its outcome and its audit row commit together.
 """
@@ -126,8 +127,11 @@ class CredentialEngine:
         hashes nothing ahead)."""
         refusal = judge(ref, await self.store.read(lambda conn: tables.facts(conn, ref)))
         if refusal is not None:
-            await attempt.commit(_refuse(refusal))  # raises: the refusal (or the limit) is counted and audited
+            # Raises: the refusal counted and audited; over a limit, RATE_LIMITED, counting nothing.
+            await attempt.commit(_refuse(refusal))
         await attempt.check()
+        if self.reserve is not None:
+            self.reserve.missed()
         otp = new_otp()
         new = HashedOtp(otp, await self.kdf.hash(otp, self.kdf_cost))
         try:

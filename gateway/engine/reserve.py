@@ -8,7 +8,8 @@ background: a regeneration takes one (`take`, which never waits) and its unit of
 device and stores the pair in one go. When the reserve is empty the engine hashes a new OTP itself,
 as it did without one, so the reserve changes how soon an answer comes, never what it is.
 
-- Lazy: nothing is hashed before the first regeneration asks (an idle gateway spends no KDF time).
+- Lazy: nothing is hashed ahead before a regeneration has hashed an OTP of its own (an idle gateway,
+  or one that has only refused, spends no KDF time).
 - Each OTP is issued at most once: `take` removes it. One taken by an attempt that was refused
   before anything was stored (the device's facts, a rate limit) never left the gateway and goes
   back (`give_back`); one whose unit may have been stored (a failed commit) is dropped.
@@ -20,7 +21,8 @@ as it did without one, so the reserve changes how soon an answer comes, never wh
   loop, at most `GATEWAY_KDF_WORKERS` at once), several OTPs to a hand-off when a hash is cheap.
 - The OTPs wait in this process's memory only, never in the store, a log or a metric; `close` (the
   app's lifespan) stops the refill and forgets them. How many are ready is a metric
-  (`gateway_otp_reserve`), and so is each take that found none (`gateway_otp_reserve_misses_total`).
+  (`gateway_otp_reserve`), and so is each attempt that found none and hashed its own (`missed`,
+  `gateway_otp_reserve_misses_total`).
 """
 
 from __future__ import annotations
@@ -75,13 +77,18 @@ class OtpReserve:
     def take(self) -> HashedOtp | None:
         """A hashed OTP if one is ready, else None (never waits). The OTP is the caller's: it is not
         handed out again unless given back. Once its attempt has ended (the OTP issued, dropped or
-        given back; or, with none ready, the attempt's own hash done), the caller calls `refill`."""
+        given back; or, with none ready, the attempt's own hash done), the caller calls `refill`.
+        With none ready, an attempt that goes on to hash its own OTP says so (`missed`)."""
         if self._ready:
             taken = self._ready.popleft()
             OTP_RESERVE.set(len(self._ready))
             return taken
-        OTP_RESERVE_MISSES.inc()
         return None
+
+    def missed(self) -> None:
+        """An attempt found none ready and hashes an OTP of its own (the metric of misses). Not one
+        refused first: it needed no OTP, and a gateway that only refuses never fills the reserve."""
+        OTP_RESERVE_MISSES.inc()
 
     def give_back(self, taken: HashedOtp) -> None:
         """An OTP `take` gave that was not issued: nothing was stored with it (the attempt was
