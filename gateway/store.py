@@ -433,7 +433,7 @@ class Store:
         batch: list[_Pending] = []
         try:
             while self._queue:
-                for _ in range(GATHER_TURNS):
+                for _ in range(GATHER_TURNS if len(self._queue) < MAX_BATCH else 0):
                     await asyncio.sleep(0)
                 batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
                 # A caller that gave up before its turn (client gone) is not acted for.
