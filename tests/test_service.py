@@ -141,24 +141,37 @@ async def test_device_rate_limit(
     await svc.regenerate(request(), caller())
     clock.advance(timedelta(minutes=5))
     await svc.regenerate(request(), caller())
-    counted = await counters(store)
-    hashed: list[str] = []
-    monkeypatch.setattr(engine.kdf, "hash", lambda otp, cost: hashed.append(otp))
-    limited = await refusal(svc, request(), caller())
-    assert limited.code is ErrorCode.RATE_LIMITED
-    assert isinstance(limited, RateLimited)
-    assert limited.retry_after_seconds == 10 * 60
     # Refused in its unit of work, counting nothing (the caller's budget is not spent on it), and
     # before any KDF hash (the engine asks `attempt.check` before hashing).
-    assert await counters(store) == counted
-    assert not hashed
+    await refused_over_limit(svc, request(), store, engine, monkeypatch, retry_after=10 * 60)
     assert await outcomes(store) == ["SUCCESS", "SUCCESS", "RATE_LIMITED"]
-    monkeypatch.undo()
     # Another device of the same caller is not held back; the window's end frees this one.
     await svc.regenerate(request(inventory_id="DEMO-CLOUD-READY"), caller())
     clock.advance(timedelta(minutes=10))
     await svc.regenerate(request(), caller())
     assert (await outcomes(store))[-2:] == ["SUCCESS", "SUCCESS"]
+
+
+async def refused_over_limit(
+    svc: RegenerationService,
+    req: DeviceRequest,
+    store: Store,
+    engine: CredentialEngine,
+    monkeypatch: pytest.MonkeyPatch,
+    *,
+    retry_after: int,
+) -> None:
+    """`req` is answered RATE_LIMITED with `retry_after`, counting nothing and hashing nothing."""
+    counted = await counters(store)
+    hashed: list[str] = []
+    with monkeypatch.context() as patched:
+        patched.setattr(engine.kdf, "hash", lambda otp, cost: hashed.append(otp))
+        limited = await refusal(svc, req, caller())
+    assert limited.code is ErrorCode.RATE_LIMITED
+    assert isinstance(limited, RateLimited)
+    assert limited.retry_after_seconds == retry_after
+    assert await counters(store) == counted
+    assert not hashed
 
 
 async def counters(store: Store) -> list[tuple[str, int]]:
@@ -385,15 +398,7 @@ async def test_with_no_otp_ready_an_attempt_over_a_limit_is_refused_first_whatev
         await svc.regenerate(request(inventory_id="DEMO-CLOUD-READY"), caller())
         if engine.reserve is not None:
             await engine.reserve.close()  # none ready from here on
-        counted = await counters(store)
-        hashed: list[str] = []
-        monkeypatch.setattr(engine.kdf, "hash", lambda otp, cost: hashed.append(otp))
-        limited = await refusal(svc, request(study_id=study), caller())
-        assert limited.code is ErrorCode.RATE_LIMITED
-        assert isinstance(limited, RateLimited)
-        assert limited.retry_after_seconds == 15 * 60
-        assert await counters(store) == counted
-        assert not hashed
+        await refused_over_limit(svc, request(study_id=study), store, engine, monkeypatch, retry_after=15 * 60)
         assert await outcomes(store) == ["SUCCESS", "SUCCESS", "RATE_LIMITED"]
     finally:
         await engine.close()
