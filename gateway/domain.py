@@ -339,12 +339,14 @@ class Attempt(Protocol):
       saying the call is under way are durable first; the outcome row follows when it ends.
 
     Both raise `RateLimited` (committed too, counting nothing) when the attempt is over a limit.
-    `check()` asks the same without committing anything: for a backend about to do costly work
-    before its unit of work (the engine's KDF hash).
+    `screen(change)` is for a backend about to do costly work before its unit of work (the engine's
+    KDF hash): a unit of its own that refuses the attempt over a limit, or when `change` raises a
+    `Refusal`, as `commit` would, and otherwise writes and counts nothing.
     """
 
-    async def check(self) -> None:
-        """Raise `RateLimited` if the attempt is over a limit now; counts and commits nothing."""
+    async def screen(self, change: Change[None]) -> None:
+        """Refuse now, as `commit` would, an attempt over a limit or one `change` refuses (raising
+        `Refusal`, before it writes); otherwise commit nothing and count nothing."""
 
     async def commit(self, change: Change[T]) -> T:
         """Run `change` in the attempt's unit of work and commit it; return what it returned."""

@@ -125,7 +125,7 @@ class RegenerationService:
         try:
             # Rate limits are the unit of work's: an attempt over a limit is refused there, before
             # anything else it would do, counting nothing. A backend about to do costly work before
-            # its unit (the engine's KDF hash) asks first (`attempt.check`).
+            # its unit (the engine's KDF hash) screens the attempt first (`attempt.screen`).
             credentials = await self.backend.regenerate(ref, caller, attempt)
             outcome = SUCCESS
             return credentials
@@ -194,12 +194,29 @@ class RegenerationAttempt:
             attempt_seq=self.pending.seq if self.pending else None,
         )
 
-    async def check(self) -> None:
-        """Raise `RateLimited` if a commit now would be over a limit; counts nothing (one read, before
-        work that costs: the engine's KDF hash when no OTP is ready)."""
-        retry_after = await self.service.audit.store.read(lambda conn: self.service.limiter.peek(conn, self.limits))
-        if retry_after is not None:
-            raise RateLimited(retry_after)
+    async def screen(self, change: Change[None]) -> None:
+        """One unit of work before work that costs (the engine's KDF hash when no OTP is ready): an
+        attempt over a limit is refused counting nothing; one `change` refuses is counted and its
+        refusal recorded, as `commit` does; otherwise nothing is written or counted (the attempt's
+        own unit counts it later)."""
+        audit = self.service.audit
+
+        def unit(work: UnitOfWork) -> Refusal | None:
+            refusal: Refusal | None = self._over_limit(work.connection)
+            if refusal is None:
+                try:
+                    change(work)
+                except Refusal as refused:
+                    refusal = self._hit(work.connection) or refused
+                else:
+                    return None
+            audit.append(work, self._event(refusal.code.value))
+            return refusal
+
+        refusal = await audit.store.submit(unit)
+        if refusal is not None:
+            self.settled = True
+            raise refusal
 
     async def commit(self, change: Change[T]) -> T:
         value, _ = await self._commit(change, SUCCESS)
@@ -233,9 +250,15 @@ class RegenerationAttempt:
     def _count(self, conn: Connection) -> RateLimited | None:
         """Count the attempt against its limits, in its unit of work. An attempt already over one is
         refused counting nothing: a caller over its own limit spends no device's budget."""
+        return self._over_limit(conn) or self._hit(conn)
+
+    def _over_limit(self, conn: Connection) -> RateLimited | None:
+        """`RateLimited` if counting the attempt now would pass a limit; counts nothing."""
         retry_after = self.service.limiter.peek(conn, self.limits)
-        if retry_after is not None:
-            return RateLimited(retry_after)
+        return None if retry_after is None else RateLimited(retry_after)
+
+    def _hit(self, conn: Connection) -> RateLimited | None:
+        """Count the attempt against each of its limits."""
         for limit, key in self.limits:
             exceeded = self.service.limiter.hit(conn, limit, key)
             if exceeded is not None:

@@ -142,7 +142,7 @@ async def test_device_rate_limit(
     clock.advance(timedelta(minutes=5))
     await svc.regenerate(request(), caller())
     # Refused in its unit of work, counting nothing (the caller's budget is not spent on it), and
-    # before any KDF hash (the engine asks `attempt.check` before hashing).
+    # before any KDF hash (the engine screens the attempt, `attempt.screen`, before hashing).
     await refused_over_limit(svc, request(), store, engine, monkeypatch, retry_after=10 * 60)
     assert await outcomes(store) == ["SUCCESS", "SUCCESS", "RATE_LIMITED"]
     # Another device of the same caller is not held back; the window's end frees this one.
@@ -388,7 +388,7 @@ async def test_two_long_subjects_sharing_a_prefix_keep_their_own_budgets(
 async def test_with_no_otp_ready_an_attempt_over_a_limit_is_refused_first_whatever_its_device(
     store: Store, clock: Clock, monkeypatch: pytest.MonkeyPatch, reserve: int, study: str
 ) -> None:
-    """The engine with no OTP ready judges the device first, and a refusal commits at once; an
+    """The engine with no OTP ready screens the attempt first, and a refusal commits at once; an
     attempt over a limit is still answered RATE_LIMITED (not the device's refusal), counting
     nothing and hashing nothing, whether its device would have been refused or not."""
     engine = CredentialEngine(store, kdf_cost=TEST_KDF_COST, clock=clock, reserve=reserve)
@@ -402,3 +402,18 @@ async def test_with_no_otp_ready_an_attempt_over_a_limit_is_refused_first_whatev
         assert await outcomes(store) == ["SUCCESS", "SUCCESS", "RATE_LIMITED"]
     finally:
         await engine.close()
+
+
+async def test_with_no_otp_ready_the_screen_writes_nothing_and_each_attempt_counts_once(
+    store: Store, engine: CredentialEngine, clock: Clock
+) -> None:
+    """The engine without a ready OTP screens the attempt in a unit of its own before hashing: a
+    refusal is counted and recorded there, once; an attempt that passes is counted and recorded
+    only by its own unit, with the new pair."""
+    assert engine.reserve is None
+    svc, _ = service(store, engine, clock)
+    await svc.regenerate(request(), caller())
+    await svc.regenerate(request(), caller())
+    assert (await refusal(svc, request(study_id="0" * 32), caller())).code is ErrorCode.STUDY_NOT_FOUND
+    assert await outcomes(store) == ["SUCCESS", "SUCCESS", "STUDY_NOT_FOUND"]
+    assert sorted(count for _, count in await counters(store)) == [1, 2, 3]  # two devices' and the caller's

@@ -3,11 +3,11 @@
 A regeneration takes an OTP hashed ahead of need from the engine's reserve (`OtpReserve`) and runs
 one unit of work: it judges the device's facts with its row locked and stores the new pair, or
 commits the refusal (the OTP then goes back to the reserve, never having left the gateway). With no
-OTP ready, it reads the facts and judges them first (no lock, no write): a refusal is committed at
-once, with no OTP hash spent. Otherwise, unless the attempt is already over a rate limit
-(`Attempt.check`, a read), the slow OTP hash is computed off the event loop, and the attempt's unit
-of work judges again with the device row locked and writes the new pair. Either way the pair stored
-was issued against facts that still hold.
+OTP ready, a first unit of work screens the attempt (`Attempt.screen`: its rate limits, then the
+device's facts judged): a refusal is committed there, with no OTP hash spent, and an attempt that
+passes writes nothing yet. Then the slow OTP hash is computed off the event loop, and the attempt's
+unit of work judges again with the device row locked and writes the new pair. Either way the pair
+stored was issued against facts that still hold.
 
 A bootstrap (the device side) spends a pair once: its outcome and its audit row commit together.
 """
@@ -66,8 +66,8 @@ class _Unaudited:
     async def begin(self) -> None:
         return None
 
-    async def check(self) -> None:
-        return None
+    async def screen(self, change: Callable[[UnitOfWork], None]) -> None:
+        await self.store.submit(change)
 
 
 class CredentialEngine:
@@ -121,15 +121,17 @@ class CredentialEngine:
             reserve.refill()  # once the attempt has ended; after a refusal, nothing is missing
 
     async def _hash_and_issue(self, ref: DeviceRef, attempt: Attempt | _Unaudited) -> Credentials:
-        """With no OTP hashed ahead: judge first (a refusal costs no hash), then, unless the
-        attempt is over a limit, hash one, then judge again and store. An attempt that hashed its
-        own OTP starts the reserve's refill once it has ended (a gateway that only ever refuses
-        hashes nothing ahead)."""
-        refusal = judge(ref, await self.store.read(lambda conn: tables.facts(conn, ref)))
-        if refusal is not None:
-            # Raises: the refusal counted and audited; over a limit, RATE_LIMITED, counting nothing.
-            await attempt.commit(_refuse(refusal))
-        await attempt.check()
+        """With no OTP hashed ahead: screen the attempt first (over a limit, or a device the
+        rules refuse: refused in that unit, no hash spent), then hash one, then judge again and
+        store. An attempt that hashed its own OTP starts the reserve's refill once it has ended (a
+        gateway that only ever refuses hashes nothing ahead)."""
+
+        def screen(work: UnitOfWork) -> None:
+            refusal = judge(ref, tables.facts(work.connection, ref))
+            if refusal is not None:
+                raise Refusal(refusal)
+
+        await attempt.screen(screen)
         if self.reserve is not None:
             self.reserve.missed()
         otp = new_otp()
@@ -265,10 +267,3 @@ class _Unrecorded:
 
     def record(self, work: UnitOfWork, result: Bootstrap) -> None:
         return None
-
-
-def _refuse(code: ErrorCode) -> Callable[[UnitOfWork], Credentials]:
-    def refuse(work: UnitOfWork) -> Credentials:
-        raise Refusal(code)
-
-    return refuse
