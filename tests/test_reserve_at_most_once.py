@@ -104,6 +104,12 @@ def tracked_engine(
     return engine
 
 
+async def shut(engine: CredentialEngine) -> None:
+    """Stop the engine's reserve, then let its KDF threads go (the pool is the test's)."""
+    await engine.close()
+    engine.kdf.close()
+
+
 def service(
     store: Store, engine: CredentialEngine, clock: Clock, *, device: int = 1000, caller: int = 1000
 ) -> RegenerationService:
@@ -210,8 +216,7 @@ async def test_many_concurrent_regenerations_with_a_tiny_reserve(
             found = await engine.store.read(lambda conn, a=access_id: tables.find_pair(conn, a))  # type: ignore[misc]
             assert found is None  # replaced since
     finally:
-        await engine.close()
-        engine.kdf.close()
+        await shut(engine)
 
 
 async def test_an_access_id_taken_five_times_gives_the_otp_back_unstored(
@@ -240,8 +245,7 @@ async def test_an_access_id_taken_five_times_gives_the_otp_back_unstored(
         assert await pair_works(engine, issued.access_id, issued.otp)
         await check_invariants(engine, [other, issued])
     finally:
-        await engine.close()
-        engine.kdf.close()
+        await shut(engine)
 
 
 async def test_a_commit_that_fails_after_committing_never_gives_the_otp_back(
@@ -273,8 +277,7 @@ async def test_a_commit_that_fails_after_committing_never_gives_the_otp_back(
         await check_invariants(engine, later)
         assert stored[0] not in {each.otp_hash for each in reserve.taken[1:]}
     finally:
-        await engine.close()
-        engine.kdf.close()
+        await shut(engine)
 
 
 async def test_a_refused_commit_drops_the_otps(store: Store, clock: Clock, history: None) -> None:
@@ -302,8 +305,7 @@ async def test_a_refused_commit_drops_the_otps(store: Store, clock: Clock, histo
         assert reserve.given_back == []
         assert await stored_hashes(store) == []
     finally:
-        await engine.close()
-        engine.kdf.close()
+        await shut(engine)
 
 
 async def _swallow(coroutine: Any) -> None:
@@ -341,8 +343,7 @@ async def test_a_client_gone_while_its_unit_is_queued(store: Store, clock: Clock
         assert len(await stored_hashes(store)) == 1
         await check_invariants(engine, [issued])
     finally:
-        await engine.close()
-        engine.kdf.close()
+        await shut(engine)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -382,8 +383,7 @@ async def answers_of(store: Store, clock: Clock, reserve: int, who: str) -> list
             )
         return [answers, list(outcomes)]
     finally:
-        await engine.close()
-        engine.kdf.close()
+        await shut(engine)
 
 
 async def test_answers_are_the_same_with_and_without_the_reserve(store: Store, clock: Clock) -> None:
@@ -493,8 +493,7 @@ async def test_a_failing_refill_is_logged_and_regenerations_still_work(
         assert seen
         assert not any(each in caplog.text for each in seen)
     finally:
-        await engine.close()
-        engine.kdf.close()
+        await shut(engine)
 
 
 def count_hashed(engine: CredentialEngine) -> list[int]:
@@ -546,8 +545,7 @@ async def test_a_refused_regeneration_costs_no_hash(store: Store, clock: Clock) 
             await engine.reserve.fill()
         assert sum(hashed) - before == 0, f"{sum(hashed) - before} OTPs hashed for 10 refusals"
     finally:
-        await engine.close()
-        engine.kdf.close()
+        await shut(engine)
 
 
 async def test_the_lifespan_stops_a_refill_under_way(
@@ -608,8 +606,7 @@ async def _concurrent_answers(store: Store, clock: Clock, size: int) -> list[str
             for index in range(30):
                 tasks.start_soon(attempt, index)
     finally:
-        await engine.close()
-        engine.kdf.close()
+        await shut(engine)
     return sorted(map(str, answers))
 
 
@@ -634,5 +631,4 @@ async def test_no_otp_in_a_repr_or_a_str(store: Store, clock: Clock) -> None:
         assert not [each.otp for each in ready if each.otp in blob]
         assert issued.otp not in blob
     finally:
-        await engine.close()
-        engine.kdf.close()
+        await shut(engine)
